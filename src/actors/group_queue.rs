@@ -1,0 +1,524 @@
+//! One actor per registered group: it turns stored messages into agent runs.
+//!
+//! It waits for a global container slot (FIFO across groups), starts the
+//! group's container with the messages after the group's cursor, pipes later
+//! batches into the running container (the warm path), records replies in the
+//! outbox together with the cursor, and applies the retry rules of
+//! [`crate::retry`] when a run fails. A batch whose run fails before any
+//! output never moves the cursor: the next attempt sees the same messages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde_json::json;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::actors::container::{ContainerActor, ContainerArgs, ContainerEvent, ContainerMsg};
+use crate::messages::channel::{channel_name, ChannelMsg};
+use crate::host::HostContext;
+use crate::messages::wire::{ErrorKind, RunStatus, StartRun, PROTOCOL_VERSION};
+use crate::messages::{RegisteredGroup, StoredMessage};
+use crate::retry::{failure_notice, on_batch_failure, FailureDecision};
+use crate::store::{FailedBatch, OutboxRow};
+
+/// The registry name of a group's queue actor.
+pub fn queue_name(folder: &str) -> String {
+    format!("queue:{folder}")
+}
+
+pub enum GroupQueueMsg {
+    /// New messages may be waiting (from the router, or recovery).
+    Wake,
+    /// A global container slot is ours.
+    SlotGranted(OwnedSemaphorePermit),
+    /// A retry delay has passed.
+    RetryDue,
+    Container(ContainerEvent),
+    Inspect(RpcReplyPort<serde_json::Value>),
+}
+
+pub struct GroupQueueArgs {
+    pub group: RegisteredGroup,
+    pub ctx: Arc<HostContext>,
+}
+
+/// The batch the agent is working on.
+#[derive(Debug, Clone)]
+struct InFlight {
+    from_seq: i64,
+    through_seq: i64,
+    thread_id: Option<String>,
+    output_sent: bool,
+}
+
+struct Running {
+    container: ActorRef<ContainerMsg>,
+    /// The close sentinel went out: new batches wait for a fresh container.
+    closing: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+pub struct GroupQueueState {
+    group: RegisteredGroup,
+    ctx: Arc<HostContext>,
+    running: Option<Running>,
+    waiting_for_slot: bool,
+    in_flight: Option<InFlight>,
+    /// Failures of the batch at the cursor so far.
+    failures: u32,
+    retry_pending: bool,
+    /// Set by a stale-session failure: the next run starts fresh.
+    last_error: Option<String>,
+}
+
+pub struct GroupQueue;
+
+/// Whether a run failure says the agent's session is gone (the session id
+/// must be cleared and the batch retried fresh).
+pub fn is_stale_session_error(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("session") && (e.contains("not found") || e.contains("unknown") || e.contains("missing"))
+}
+
+impl GroupQueue {
+    fn next_batch(state: &GroupQueueState) -> Result<Vec<StoredMessage>, ActorProcessingErr> {
+        let cursor = state.ctx.store.cursor(&state.group.chat_id)?;
+        Ok(state.ctx.store.messages_after(
+            &state.group.chat_id,
+            cursor,
+            state.ctx.config.queue.max_messages_per_prompt,
+        )?)
+    }
+
+    fn prompt_for(state: &GroupQueueState, batch: &[StoredMessage]) -> String {
+        crate::prompt::format_prompt(batch, state.ctx.timezone)
+    }
+
+    fn take_batch(state: &mut GroupQueueState) -> Result<Option<String>, ActorProcessingErr> {
+        let batch = Self::next_batch(state)?;
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+            return Ok(None);
+        };
+        state.in_flight = Some(InFlight {
+            from_seq: first.seq,
+            through_seq: last.seq,
+            thread_id: last.thread_id.clone(),
+            output_sent: false,
+        });
+        Ok(Some(Self::prompt_for(state, &batch)))
+    }
+
+    /// The decision point after anything changes: start, pipe, or wait.
+    async fn pump(
+        myself: &ActorRef<GroupQueueMsg>,
+        state: &mut GroupQueueState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.in_flight.is_some() || state.retry_pending {
+            return Ok(());
+        }
+        if let Some(running) = &state.running {
+            if running.closing {
+                return Ok(()); // the exit will pump again
+            }
+            // Warm path: the agent is idle in its container; pipe the batch in.
+            let container = running.container.clone();
+            if let Some(prompt) = Self::take_batch(state)? {
+                container.cast(ContainerMsg::FollowUp(prompt))?;
+            }
+            return Ok(());
+        }
+        if state.waiting_for_slot || Self::next_batch(state)?.is_empty() {
+            return Ok(());
+        }
+        state.waiting_for_slot = true;
+        let slots = state.ctx.slots.clone();
+        let me = myself.clone();
+        // Semaphore waiters are served in FIFO order across groups.
+        tokio::spawn(async move {
+            if let Ok(permit) = slots.acquire_owned().await {
+                if me.cast(GroupQueueMsg::SlotGranted(permit)).is_err() {
+                    tracing::debug!("queue stopped while waiting for a slot");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn start_container(
+        myself: &ActorRef<GroupQueueMsg>,
+        state: &mut GroupQueueState,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(prompt) = Self::take_batch(state)? else {
+            return Ok(()); // nothing to do after all; the permit is released
+        };
+        let ctx = &state.ctx;
+        let group = &state.group;
+        let session = ctx.store.session(&group.folder)?;
+        let start = StartRun {
+            protocol: PROTOCOL_VERSION,
+            group_folder: group.folder.clone(),
+            chat_id: group.chat_id.clone(),
+            is_main: group.is_main,
+            session_id: session.as_ref().map(|s| s.session_id.clone()),
+            resume_at: session.and_then(|s| s.last_assistant_id),
+            prompt,
+            assistant_name: ctx.config.assistant.name.clone(),
+            timezone: ctx.config.assistant.timezone.clone(),
+        };
+        let now = crate::store::now_millis();
+        let spec = ctx.run_spec(group, now)?;
+        let log_path = ctx
+            .paths
+            .group_logs(&group.folder)
+            .join(format!("container-{now}.log"));
+        let container_name = spec.name.clone();
+        let args = ContainerArgs {
+            docker: ctx.docker.clone(),
+            spec,
+            start,
+            provider: ctx.provider.clone(),
+            queue: myself.clone(),
+            idle_timeout: ctx.config.container.idle_timeout,
+            hard_timeout: crate::docker::hard_timeout(
+                None,
+                ctx.config.container.timeout,
+                ctx.config.container.idle_timeout,
+            ),
+            max_output_bytes: ctx.config.container.max_output_bytes,
+            log_path,
+        };
+        let (container, _) = Actor::spawn_linked(
+            Some(format!("container:{container_name}")),
+            ContainerActor,
+            args,
+            myself.get_cell(),
+        )
+        .await?;
+        state.running = Some(Running {
+            container,
+            closing: false,
+            _permit: permit,
+        });
+        Ok(())
+    }
+
+    fn settle(state: &mut GroupQueueState, through_seq: i64) {
+        state.in_flight = None;
+        state.failures = 0;
+        notify_settled(&state.group.chat_id, through_seq);
+    }
+
+    fn on_output(state: &mut GroupQueueState, text: String) -> Result<(), ActorProcessingErr> {
+        let visible = crate::outbound::strip_internal(&text);
+        let Some(batch) = state.in_flight.as_mut() else {
+            // Output outside a batch (e.g. a note after the turn): still the user's.
+            if !visible.is_empty() {
+                let row = state.ctx.store.record_notice(
+                    &state.group.chat_id,
+                    &state.group.folder,
+                    &visible,
+                )?;
+                deliver_row(row);
+            }
+            return Ok(());
+        };
+        if visible.is_empty() {
+            return Ok(());
+        }
+        batch.output_sent = true;
+        let row = state.ctx.store.record_reply(
+            &state.group.chat_id,
+            &state.group.folder,
+            &visible,
+            batch.thread_id.as_deref(),
+            batch.through_seq,
+        )?;
+        deliver_row(row);
+        Ok(())
+    }
+
+    async fn on_failure(
+        myself: &ActorRef<GroupQueueMsg>,
+        state: &mut GroupQueueState,
+        kind: ErrorKind,
+        reason: String,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(batch) = state.in_flight.clone() else {
+            return Ok(());
+        };
+        let decision = on_batch_failure(
+            batch.output_sent,
+            kind,
+            state.failures,
+            state.ctx.config.queue.max_retries,
+            state.ctx.config.queue.retry_base,
+        );
+        tracing::warn!(group = %state.group.folder, %reason, ?decision, "batch failed");
+        state.last_error = Some(reason.clone());
+        match decision {
+            FailureDecision::KeepCursor => Self::settle(state, batch.through_seq),
+            FailureDecision::Retry { attempt, delay } => {
+                state.in_flight = None;
+                state.failures = attempt;
+                state.retry_pending = true;
+                myself.send_after(delay, || GroupQueueMsg::RetryDue);
+            }
+            FailureDecision::GiveUp { attempts } => {
+                let failed = FailedBatch {
+                    chat_id: state.group.chat_id.clone(),
+                    group_folder: state.group.folder.clone(),
+                    from_seq: batch.from_seq,
+                    through_seq: batch.through_seq,
+                    attempts,
+                    reason: reason.clone(),
+                    failed_at: crate::store::now_millis(),
+                };
+                let row = state.ctx.store.fail_batch(&failed, &failure_notice(&reason))?;
+                deliver_row(row);
+                Self::settle(state, batch.through_seq);
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_event(
+        myself: &ActorRef<GroupQueueMsg>,
+        state: &mut GroupQueueState,
+        event: ContainerEvent,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            ContainerEvent::Output { text } => Self::on_output(state, text)?,
+            ContainerEvent::Closing => {
+                if let Some(running) = state.running.as_mut() {
+                    running.closing = true;
+                }
+            }
+            ContainerEvent::TurnDone(result) => {
+                if let Some(session_id) = &result.session_id {
+                    state.ctx.store.set_session(
+                        &state.group.folder,
+                        session_id,
+                        result.last_assistant_id.as_deref(),
+                    )?;
+                }
+                match result.status {
+                    RunStatus::Success => {
+                        if let Some(batch) = state.in_flight.clone() {
+                            if !batch.output_sent {
+                                state
+                                    .ctx
+                                    .store
+                                    .complete_silently(&state.group.chat_id, batch.through_seq)?;
+                            }
+                            Self::settle(state, batch.through_seq);
+                        }
+                    }
+                    RunStatus::Error => {
+                        let reason = result
+                            .error
+                            .unwrap_or_else(|| "the agent failed without saying why".into());
+                        if is_stale_session_error(&reason) && state.failures == 0 {
+                            // The transcript is gone: start over with a fresh
+                            // session, at once, without spending a retry.
+                            state.ctx.store.clear_session(&state.group.folder)?;
+                            state.in_flight = None;
+                            Self::close_container(state);
+                            return Ok(());
+                        }
+                        let kind = result.error_kind.unwrap_or(ErrorKind::Temporary);
+                        Self::on_failure(myself, state, kind, reason).await?;
+                    }
+                }
+                Self::pump(myself, state).await?;
+            }
+            ContainerEvent::Exited(report) => {
+                state.running = None; // releases the slot
+                if state.in_flight.is_some() {
+                    let reason = match (&report.error, report.exit_code) {
+                        (Some(error), _) => error.clone(),
+                        (None, _) if report.hard_killed => {
+                            "the agent timed out before answering".to_string()
+                        }
+                        (None, Some(code)) => {
+                            format!("the agent's container exited (code {code}) before answering")
+                        }
+                        (None, None) => "the agent's container vanished before answering".into(),
+                    };
+                    Self::on_failure(myself, state, ErrorKind::Temporary, reason).await?;
+                }
+                Self::pump(myself, state).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close_container(state: &mut GroupQueueState) {
+        if let Some(running) = state.running.as_mut() {
+            running.closing = true;
+            let _ = running.container.cast(ContainerMsg::Close);
+        }
+    }
+}
+
+/// Hands an outbox row to its chat's channel actor, which sends it and marks
+/// it sent. A missing channel leaves the row in the outbox for the next start.
+pub fn deliver_row(row: OutboxRow) {
+    let channel = crate::messages::channel_of(&row.chat_id).to_string();
+    match ractor::registry::where_is(channel_name(&channel)) {
+        Some(cell) => {
+            let chat = row.chat_id.clone();
+            if cell.send_message(ChannelMsg::Deliver(row)).is_err() {
+                tracing::warn!(%chat, "channel is not accepting messages; reply stays in the outbox");
+            }
+        }
+        None => {
+            tracing::warn!(chat = %row.chat_id, %channel, "no such channel running; reply stays in the outbox")
+        }
+    }
+}
+
+fn notify_settled(chat_id: &str, through_seq: i64) {
+    let channel = crate::messages::channel_of(chat_id);
+    if let Some(cell) = ractor::registry::where_is(channel_name(channel)) {
+        let _ = cell.send_message(ChannelMsg::Settled {
+            chat_id: chat_id.to_string(),
+            through_seq,
+        });
+    }
+}
+
+impl Actor for GroupQueue {
+    type Msg = GroupQueueMsg;
+    type State = GroupQueueState;
+    type Arguments = GroupQueueArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: GroupQueueArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let inspector_ref = myself.clone();
+        crate::dump::register(
+            &myself.get_cell(),
+            "group_queue",
+            Some(Arc::new(move || {
+                let actor = inspector_ref.clone();
+                Box::pin(async move { ractor::call!(actor, GroupQueueMsg::Inspect).ok() })
+            })),
+        );
+        // Recovery: whatever is after the cursor is looked at right away.
+        myself.cast(GroupQueueMsg::Wake)?;
+        Ok(GroupQueueState {
+            group: args.group,
+            ctx: args.ctx,
+            running: None,
+            waiting_for_slot: false,
+            in_flight: None,
+            failures: 0,
+            retry_pending: false,
+            last_error: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            GroupQueueMsg::Wake => Self::pump(&myself, state).await?,
+            GroupQueueMsg::SlotGranted(permit) => {
+                state.waiting_for_slot = false;
+                if state.running.is_none() && state.in_flight.is_none() && !state.retry_pending {
+                    Self::start_container(&myself, state, permit).await?;
+                }
+            }
+            GroupQueueMsg::RetryDue => {
+                state.retry_pending = false;
+                Self::pump(&myself, state).await?;
+            }
+            GroupQueueMsg::Container(event) => Self::on_event(&myself, state, event).await?,
+            GroupQueueMsg::Inspect(reply) => {
+                let cursor = state.ctx.store.cursor(&state.group.chat_id).unwrap_or(-1);
+                let latest = state.ctx.store.latest_seq(&state.group.chat_id).unwrap_or(-1);
+                let _ = reply.send(json!({
+                    "group": state.group.folder,
+                    "chat": state.group.chat_id,
+                    "cursor": cursor,
+                    "pending_messages": (latest - cursor).max(0),
+                    "container_running": state.running.is_some(),
+                    "waiting_for_slot": state.waiting_for_slot,
+                    "in_flight": state.in_flight.as_ref().map(|b| json!({
+                        "from_seq": b.from_seq, "through_seq": b.through_seq, "output_sent": b.output_sent,
+                    })),
+                    "failures": state.failures,
+                    "retry_pending": state.retry_pending,
+                    "last_error": state.last_error,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // A container actor that crashed is a failed run, never a dead queue.
+        if let SupervisionEvent::ActorFailed(cell, error) = event {
+            let ours = state
+                .running
+                .as_ref()
+                .is_some_and(|r| r.container.get_id() == cell.get_id());
+            if ours {
+                tracing::error!(group = %state.group.folder, %error, "container actor crashed");
+                let report = crate::actors::container::ExitReport {
+                    exit_code: None,
+                    hard_killed: false,
+                    had_output: false,
+                    error: Some(format!("the agent's container failed: {error}")),
+                };
+                Self::on_event(&myself, state, ContainerEvent::Exited(report)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(running) = state.running.take() {
+            // The container closes gracefully and writes its run log first.
+            let _ = running
+                .container
+                .stop_and_wait(Some("queue stopped".into()), Some(SHUTDOWN_GRACE))
+                .await;
+        }
+        crate::dump::unregister(&myself.get_cell());
+        Ok(())
+    }
+}
+
+/// How long a stopping host waits for containers to go away.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_session_errors_are_recognised() {
+        assert!(is_stale_session_error("No conversation found with session ID abc: session not found"));
+        assert!(is_stale_session_error("Session transcript missing"));
+        assert!(is_stale_session_error("unknown session id"));
+        assert!(!is_stale_session_error("rate limited"));
+        assert!(!is_stale_session_error("file not found"));
+    }
+}

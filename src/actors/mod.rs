@@ -1,0 +1,8 @@
+//! One actor per file. Each stays thin: receive a message, decide through a
+//! pure function, act.
+
+pub mod container;
+pub mod group_queue;
+pub mod router;
+pub mod supervisor;
+pub mod terminal;

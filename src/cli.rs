@@ -1,0 +1,426 @@
+//! The command line: `talon chat | run | image build | groups | dump`.
+//!
+//! Each command resolves the home, loads the configuration and then does one
+//! thing; every failure is one clear line on stderr and a non-zero exit.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::io::AsyncBufReadExt;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::actors::terminal::{spawn_input, TerminalArgs, TerminalOutput, TERMINAL_CHAT};
+use crate::config::Config;
+use crate::host::{self, Host, HostContext};
+use crate::messages::RegisteredGroup;
+use crate::paths::Paths;
+use crate::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(name = "talon", version, about = "A personal AI assistant host")]
+pub struct Cli {
+    /// Root for data/, groups/ and logs/ [env: TALON_HOME; default: ~/.local/share/talon]
+    #[arg(long, global = true)]
+    pub home: Option<PathBuf>,
+    /// Configuration file [default: <home>/talon.toml]
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Chat with the assistant in this terminal (scriptable when stdin is piped).
+    Chat,
+    /// Run the host with its configured channels until stopped.
+    Run,
+    /// Manage the agent container image.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// List or register the chats the assistant serves.
+    Groups {
+        #[command(subcommand)]
+        command: GroupsCommand,
+    },
+    /// Ask the running host for its live actor tree and print it.
+    Dump,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the agent image offline from container/ (busybox + the static runner).
+    Build,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// Show the registered groups.
+    List,
+    /// Register a chat, e.g. `talon groups add slack:C0123 --name Family --folder family`.
+    Add {
+        /// Chat id with its channel prefix: term:<name>, slack:<channel>, dc:<channel>.
+        chat_id: String,
+        #[arg(long)]
+        name: String,
+        /// Folder under groups/: lowercase letters, digits and '-'.
+        #[arg(long)]
+        folder: String,
+        /// The main group: no trigger needed, may register other groups.
+        #[arg(long)]
+        main: bool,
+        /// Answer every message, not only those starting with the trigger.
+        #[arg(long)]
+        no_trigger: bool,
+        /// A custom trigger regex instead of ^@<assistant name>\b.
+        #[arg(long)]
+        trigger: Option<String>,
+    },
+}
+
+/// Runs the parsed command; the caller prints the error and exits non-zero.
+pub async fn run(cli: Cli) -> Result<()> {
+    let paths = Paths::resolve(cli.home.clone());
+    match cli.command {
+        Command::Chat => chat(&paths, cli.config.as_deref()).await,
+        Command::Run => daemon(&paths, cli.config.as_deref()).await,
+        Command::Image {
+            command: ImageCommand::Build,
+        } => image_build(&paths, cli.config.as_deref()).await,
+        Command::Groups { command } => groups(&paths, cli.config.as_deref(), command),
+        Command::Dump => dump(&paths).await,
+    }
+}
+
+fn load_config(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<Config> {
+    paths
+        .ensure()
+        .with_context(|| format!("cannot create the talon home {}", paths.home.display()))?;
+    Ok(Config::load(paths, explicit)?)
+}
+
+/// Everything a host needs, checked in the order a user can fix them:
+/// credentials, the singleton lock, Docker, the image, the store.
+async fn prepare_host(
+    paths: &Paths,
+    config: Config,
+) -> Result<(Arc<HostContext>, crate::singleton::HostLock)> {
+    let provider = host::build_provider(&config, paths)?;
+    let lock = crate::singleton::HostLock::acquire(&paths.pid_file())?;
+    let docker = crate::docker::connect().await?;
+    let mut progress = |line: &str| eprintln!("[image] {line}");
+    let built = crate::image::ensure_image(&docker, &config.container.image, false, &mut progress)
+        .await?;
+    if built {
+        eprintln!("[image] {} is ready", config.container.image);
+    }
+    let store = Store::open(&paths.db())?;
+    let ctx = HostContext::new(store, config, paths.clone(), docker, provider)?;
+    Ok((Arc::new(ctx), lock))
+}
+
+/// Makes sure the terminal chat is a registered group: the local main group
+/// (or, when another chat is main already, a group that needs no trigger).
+fn ensure_terminal_group(store: &Store) -> Result<RegisteredGroup> {
+    if let Some(group) = store.group_by_chat(TERMINAL_CHAT)? {
+        return Ok(group);
+    }
+    let groups = store.groups()?;
+    let has_main = groups.iter().any(|g| g.is_main);
+    let folder_taken = |f: &str| groups.iter().any(|g| g.folder == f);
+    let folder = ["main", "terminal", "local"]
+        .into_iter()
+        .find(|f| !folder_taken(f))
+        .ok_or_else(|| anyhow!("no free folder for the terminal chat"))?;
+    let group = RegisteredGroup {
+        chat_id: TERMINAL_CHAT.into(),
+        name: "Terminal".into(),
+        folder: folder.into(),
+        trigger_pattern: None,
+        requires_trigger: false,
+        is_main: !has_main,
+        container_config: None,
+        added_at: crate::store::now_millis(),
+    };
+    store.register_group(&group)?;
+    Ok(group)
+}
+
+async fn chat(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
+    let config = load_config(paths, explicit)?;
+    let interactive = std::io::stdin().is_terminal();
+    let _logs = crate::logging::init(paths, &config.log.level, !interactive)?;
+    let assistant = config.assistant.name.clone();
+    let user = config.terminal.user_name.clone();
+    let (ctx, _lock) = prepare_host(paths, config).await?;
+    ensure_terminal_group(&ctx.store)?;
+
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<TerminalOutput>();
+    let printer = tokio::spawn(async move {
+        use std::io::Write;
+        while let Some(item) = out_rx.recv().await {
+            let mut stdout = std::io::stdout().lock();
+            let _ = match (&item, interactive) {
+                (TerminalOutput::Reply(text), true) => writeln!(stdout, "{assistant}> {text}"),
+                (TerminalOutput::Notice(text), true) => writeln!(stdout, "[talon] {text}"),
+                (TerminalOutput::Reply(text) | TerminalOutput::Notice(text), false) => {
+                    writeln!(stdout, "{text}")
+                }
+            };
+            let _ = stdout.flush();
+        }
+    });
+    let gate = Arc::new(Semaphore::new(1));
+    let terminal = TerminalArgs {
+        store: ctx.store.clone(),
+        chat_id: TERMINAL_CHAT.into(),
+        output: out_tx,
+        gate: gate.clone(),
+    };
+    let host = host::start(ctx, Some(terminal)).await?;
+    if interactive {
+        eprintln!("talon chat: type a message and press Enter; Ctrl-D or Ctrl-C to quit.");
+    }
+    let (line_tx, line_rx) = mpsc::channel::<String>(64);
+    tokio::spawn(read_stdin_lines(line_tx));
+    let (done_tx, done_rx) = oneshot::channel();
+    spawn_input(
+        line_rx,
+        TERMINAL_CHAT.into(),
+        user,
+        gate,
+        !interactive,
+        done_tx,
+    );
+    serve(host, Some(done_rx)).await;
+    // Every reply was handed to the printer before the host stopped.
+    let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
+    Ok(())
+}
+
+async fn read_stdin_lines(lines: mpsc::Sender<String>) {
+    let mut reader = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut buffer = Vec::new();
+    loop {
+        buffer.clear();
+        match reader.read_until(b'\n', &mut buffer).await {
+            Ok(0) => break,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buffer).into_owned();
+                if lines.send(line).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "stdin read failed");
+                break;
+            }
+        }
+    }
+}
+
+async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
+    let config = load_config(paths, explicit)?;
+    let _logs = crate::logging::init(paths, &config.log.level, false)?;
+    let (ctx, _lock) = prepare_host(paths, config).await?;
+    let mut terminal = None;
+    let mut started = Vec::new();
+    let interactive = std::io::stdin().is_terminal();
+    let (line_tx, line_rx) = mpsc::channel::<String>(64);
+    let gate = Arc::new(Semaphore::new(1));
+    let mut printer_rx = None;
+    if interactive {
+        ensure_terminal_group(&ctx.store)?;
+        let (out_tx, out_rx) = mpsc::unbounded_channel::<TerminalOutput>();
+        printer_rx = Some(out_rx);
+        terminal = Some(TerminalArgs {
+            store: ctx.store.clone(),
+            chat_id: TERMINAL_CHAT.into(),
+            output: out_tx,
+            gate: gate.clone(),
+        });
+        started.push("terminal");
+    }
+    let user = ctx.config.terminal.user_name.clone();
+    let assistant = ctx.config.assistant.name.clone();
+    let host = host::start(ctx, terminal).await?;
+    if let Some(mut out_rx) = printer_rx {
+        tokio::spawn(async move {
+            while let Some(item) = out_rx.recv().await {
+                match item {
+                    TerminalOutput::Reply(text) => println!("{assistant}> {text}"),
+                    TerminalOutput::Notice(text) => println!("[talon] {text}"),
+                }
+            }
+        });
+        tokio::spawn(read_stdin_lines(line_tx));
+        let (done_tx, _done_rx) = oneshot::channel();
+        spawn_input(line_rx, TERMINAL_CHAT.into(), user, gate, false, done_tx);
+    }
+    if started.is_empty() {
+        eprintln!("talon: running with no channels (stdin is not a terminal and no platform tokens are configured)");
+    } else {
+        eprintln!("talon: running; channels: {}", started.join(", "));
+    }
+    serve(host, None).await;
+    Ok(())
+}
+
+/// Runs until SIGTERM/SIGINT (or `finished`), answering SIGUSR1 with a dump.
+async fn serve(host: Host, finished: Option<oneshot::Receiver<()>>) {
+    let mut finished = finished;
+    let signals = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::hangup()),
+    );
+    let (Ok(mut term), Ok(mut int), Ok(mut usr1), Ok(mut hup)) = signals else {
+        tracing::error!("cannot install signal handlers; stopping");
+        host.shutdown().await;
+        return;
+    };
+    loop {
+        let done = async {
+            match finished.as_mut() {
+                Some(rx) => {
+                    let _ = rx.await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            _ = usr1.recv() => {
+                match host.write_dump().await {
+                    Ok(path) => tracing::info!(path = %path.display(), "state dump written"),
+                    Err(e) => tracing::error!(error = %e, "cannot write the state dump"),
+                }
+            }
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP: configuration reload is not supported yet; restart talon to apply changes");
+            }
+            _ = done => { break; }
+        }
+    }
+    host.shutdown().await;
+}
+
+async fn image_build(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
+    let config = load_config(paths, explicit)?;
+    let docker = crate::docker::connect().await?;
+    let sources = crate::image::locate_sources()?;
+    let context = crate::image::build_context(&sources)?;
+    let mut progress = |line: &str| eprintln!("[image] {line}");
+    crate::image::build_image(&docker, &config.container.image, context, &mut progress).await?;
+    eprintln!("[image] built {}", config.container.image);
+    Ok(())
+}
+
+fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsCommand) -> Result<()> {
+    let config = load_config(paths, explicit)?;
+    let store = Store::open(&paths.db())?;
+    match command {
+        GroupsCommand::List => {
+            let groups = store.groups()?;
+            if groups.is_empty() {
+                println!("no registered groups");
+            }
+            for g in groups {
+                let trigger = if g.is_main || !g.requires_trigger {
+                    "(every message)".to_string()
+                } else {
+                    g.trigger_pattern
+                        .clone()
+                        .unwrap_or_else(|| config.trigger_pattern())
+                };
+                println!(
+                    "{:<24} {:<16} {:<20} {}{}",
+                    g.chat_id,
+                    g.folder,
+                    g.name,
+                    trigger,
+                    if g.is_main { "  [main]" } else { "" }
+                );
+            }
+        }
+        GroupsCommand::Add {
+            chat_id,
+            name,
+            folder,
+            main,
+            no_trigger,
+            trigger,
+        } => {
+            if !chat_id.contains(':') {
+                bail!("chat id {chat_id:?} needs a channel prefix: term:<name>, slack:<channel> or dc:<channel>");
+            }
+            if let Some(pattern) = &trigger {
+                crate::trigger::Trigger::new(pattern)
+                    .with_context(|| format!("invalid trigger pattern {pattern:?}"))?;
+            }
+            if main {
+                if let Some(other) = store.groups()?.into_iter().find(|g| g.is_main && g.chat_id != chat_id) {
+                    bail!("{} is already the main group; only one chat can be main", other.chat_id);
+                }
+            }
+            let group = RegisteredGroup {
+                chat_id,
+                name,
+                folder,
+                trigger_pattern: trigger,
+                requires_trigger: !no_trigger,
+                is_main: main,
+                container_config: None,
+                added_at: crate::store::now_millis(),
+            };
+            store.register_group(&group)?;
+            println!("registered {} as {}", group.chat_id, group.folder);
+            if crate::singleton::holder(&paths.pid_file()).is_some() {
+                println!("restart talon to start serving it");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn dump(paths: &Paths) -> Result<()> {
+    let pid = crate::singleton::holder(&paths.pid_file()).ok_or_else(|| {
+        anyhow!(
+            "talon is not running (no live host holds {})",
+            paths.pid_file().display()
+        )
+    })?;
+    let path = paths.state_dump();
+    let before = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    let pid_t = libc::pid_t::try_from(pid).context("invalid pid in the pid file")?;
+    // SAFETY: kill(2) with a pid we read from our own lock file; no memory involved.
+    if unsafe { libc::kill(pid_t, libc::SIGUSR1) } != 0 {
+        bail!(
+            "cannot signal talon (pid {pid}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if now.is_some() && now != before {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("talon (pid {pid}) did not write {} within 5 s", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&path)?;
+    println!("{text}");
+    Ok(())
+}

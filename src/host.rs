@@ -1,0 +1,430 @@
+//! The host: builds the supervision tree and runs it until told to stop.
+//!
+//! ```text
+//! talon (root supervisor, one-for-one)
+//! ├── router
+//! ├── groups (supervisor)  ── queue:<folder> ── container:<name>
+//! └── channels (supervisor) ── channel:term
+//! ```
+//!
+//! [`HostContext`] is what every actor shares: the store, the configuration,
+//! the Docker client, the provider and the global container slots.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use bollard::Docker;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::Semaphore;
+
+use crate::actors::group_queue::{queue_name, GroupQueue, GroupQueueArgs};
+use crate::actors::router::{Router, RouterArgs, RouterMsg, ROUTER};
+use crate::actors::supervisor::{
+    spawn_supervisor, Backoff, ChildSpec, Intensity, Restart, Strategy, SupervisorMsg,
+    SupervisorSpec,
+};
+use crate::actors::terminal::{TerminalArgs, TerminalChannel};
+use crate::config::Config;
+use crate::docker::{self, RunSpec};
+use crate::messages::channel::channel_name;
+use crate::messages::RegisteredGroup;
+use crate::paths::Paths;
+use crate::provider::{AnthropicConfig, AnthropicProvider, Credential, Provider, RetryPolicy};
+use crate::store::Store;
+
+/// What every actor shares.
+pub struct HostContext {
+    pub store: Store,
+    pub config: Config,
+    pub paths: Paths,
+    pub docker: Docker,
+    pub provider: Arc<dyn Provider>,
+    /// Global limit on running containers; waiters are served FIFO.
+    pub slots: Arc<Semaphore>,
+    pub timezone: chrono_tz::Tz,
+    /// Mounted read-only into main's container, when known.
+    pub project_root: Option<PathBuf>,
+    pub instance: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(
+        "no model credentials: set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN) in the \
+         environment or in {env_file}; for an Anthropic-compatible endpoint also set ANTHROPIC_BASE_URL"
+    )]
+    NoCredentials { env_file: String },
+    #[error("invalid timezone {0:?}")]
+    Timezone(String),
+    #[error("cannot set up the model provider: {0}")]
+    Provider(String),
+    #[error("cannot start the actor tree: {0}")]
+    Spawn(String),
+}
+
+/// Picks exactly one credential: an OAuth token first, else an API key, else
+/// the fallback key. Never two (seed lesson: a key silently overrides the
+/// subscription).
+pub fn pick_credential(config: &Config) -> Option<Credential> {
+    let s = &config.secrets;
+    if let Some(token) = &s.claude_oauth_token {
+        return Some(Credential::OAuthToken(token.clone()));
+    }
+    s.anthropic_api_key
+        .as_ref()
+        .or(s.anthropic_api_key_fallback.as_ref())
+        .map(|key| Credential::ApiKey(key.clone()))
+}
+
+/// The provider the configuration asks for.
+pub fn build_provider(config: &Config, paths: &Paths) -> Result<Arc<dyn Provider>, HostError> {
+    let credential = pick_credential(config).ok_or_else(|| HostError::NoCredentials {
+        env_file: paths.env_file().display().to_string(),
+    })?;
+    let p = &config.provider;
+    let provider = AnthropicProvider::new(AnthropicConfig {
+        base_url: p
+            .base_url
+            .clone()
+            .unwrap_or_else(|| "https://api.anthropic.com".into()),
+        credential,
+        model: p.model.clone(),
+        request_timeout: p.request_timeout,
+        retry: RetryPolicy {
+            max_retries: p.max_retries,
+            base: p.retry_base,
+            max_delay: p.max_retry_delay,
+        },
+    })
+    .map_err(|e| HostError::Provider(e.message))?;
+    Ok(Arc::new(provider))
+}
+
+impl HostContext {
+    pub fn new(
+        store: Store,
+        config: Config,
+        paths: Paths,
+        docker: Docker,
+        provider: Arc<dyn Provider>,
+    ) -> Result<HostContext, HostError> {
+        let timezone: chrono_tz::Tz = config
+            .assistant
+            .timezone
+            .parse()
+            .map_err(|_| HostError::Timezone(config.assistant.timezone.clone()))?;
+        let slots = Arc::new(Semaphore::new(config.queue.max_concurrent_containers.max(1)));
+        let instance = docker::instance_id(&paths.home);
+        Ok(HostContext {
+            store,
+            config,
+            paths,
+            docker,
+            provider,
+            slots,
+            timezone,
+            project_root: None,
+            instance,
+        })
+    }
+
+    /// How a container for `group` is made, creating its host directories
+    /// (owned by the container's user) on the way.
+    pub fn run_spec(
+        &self,
+        group: &RegisteredGroup,
+        now_ms: i64,
+    ) -> Result<RunSpec, ActorProcessingErr> {
+        let (host_uid, host_gid) = current_ids();
+        let run_as = self
+            .config
+            .container
+            .run_as
+            .as_deref()
+            .and_then(docker::parse_uid_gid);
+        let user = docker::run_user(host_uid, host_gid, run_as);
+        let group_dir = self.paths.group_dir(&group.folder);
+        let session_dir = self.paths.session_dir(&group.folder);
+        let global_dir = self.paths.global_dir();
+        for dir in [
+            &group_dir,
+            &session_dir,
+            &global_dir,
+            &self.paths.group_logs(&group.folder),
+        ] {
+            std::fs::create_dir_all(dir)?;
+        }
+        if host_uid == 0 {
+            // A root host runs the agent unprivileged; hand it its folders.
+            let mut writable = vec![&group_dir, &session_dir];
+            if group.is_main {
+                writable.push(&global_dir);
+            }
+            for dir in writable {
+                std::os::unix::fs::chown(dir, Some(user.0), Some(user.1))?;
+            }
+        }
+        let c = &self.config.container;
+        Ok(RunSpec {
+            name: docker::container_name(&group.folder, now_ms),
+            image: c.image.clone(),
+            group_folder: group.folder.clone(),
+            instance: self.instance.clone(),
+            user,
+            mounts: docker::base_mounts(
+                group_dir,
+                global_dir,
+                session_dir,
+                self.project_root.clone(),
+                group.is_main,
+            ),
+            env: vec![format!("TZ={}", self.config.assistant.timezone)],
+            memory_bytes: i64::try_from(c.memory_mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX),
+            nano_cpus: (c.cpus * 1e9) as i64,
+            pids_limit: c.pids_limit,
+            tmpfs_bytes: c.tmpfs_mb.saturating_mul(1 << 20),
+            network: "none".into(),
+        })
+    }
+}
+
+fn current_ids() -> (u32, u32) {
+    // SAFETY: getuid/getgid cannot fail and touch no memory.
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// Removes containers of this instance that no live actor owns (a previous
+/// host that was killed). Returns how many were removed.
+pub async fn remove_orphans(docker: &Docker, instance: &str) -> usize {
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{}=true", docker::LABEL_MANAGED),
+            format!("{}={instance}", docker::LABEL_INSTANCE),
+        ],
+    )]);
+    let options = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let containers = match docker.list_containers(Some(options)).await {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list containers to find orphans");
+            return 0;
+        }
+    };
+    let mut removed = 0;
+    for container in containers {
+        let Some(id) = container.id else { continue };
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match docker.remove_container(&id, Some(options)).await {
+            Ok(()) => {
+                removed += 1;
+                tracing::info!(container = %id, names = ?container.names, "removed orphan container");
+            }
+            Err(e) => tracing::warn!(container = %id, error = %e, "cannot remove orphan"),
+        }
+    }
+    removed
+}
+
+fn queue_spec(ctx: &Arc<HostContext>, group: RegisteredGroup) -> ChildSpec {
+    let ctx = ctx.clone();
+    let name = queue_name(&group.folder);
+    let child_name = name.clone();
+    ChildSpec {
+        name,
+        restart: Restart::Permanent,
+        start: Arc::new(move |supervisor| {
+            let args = GroupQueueArgs {
+                group: group.clone(),
+                ctx: ctx.clone(),
+            };
+            let name = child_name.clone();
+            Box::pin(async move {
+                let (actor, _) =
+                    Actor::spawn_linked(Some(name), GroupQueue, args, supervisor).await?;
+                Ok(actor.get_cell())
+            })
+        }),
+    }
+}
+
+fn router_spec(ctx: &Arc<HostContext>) -> ChildSpec {
+    let store = ctx.store.clone();
+    let default_trigger = ctx.config.trigger_pattern();
+    ChildSpec {
+        name: ROUTER.into(),
+        restart: Restart::Permanent,
+        start: Arc::new(move |supervisor| {
+            let args = RouterArgs {
+                store: store.clone(),
+                default_trigger: default_trigger.clone(),
+            };
+            Box::pin(async move {
+                let (actor, _) =
+                    Actor::spawn_linked(Some(ROUTER.into()), Router, args, supervisor).await?;
+                Ok(actor.get_cell())
+            })
+        }),
+    }
+}
+
+fn terminal_spec(args: TerminalArgs) -> ChildSpec {
+    let name = channel_name("term");
+    let child_name = name.clone();
+    ChildSpec {
+        name,
+        restart: Restart::Permanent,
+        start: Arc::new(move |supervisor| {
+            let args = args.clone();
+            let name = child_name.clone();
+            Box::pin(async move {
+                let (actor, _) =
+                    Actor::spawn_linked(Some(name), TerminalChannel, args, supervisor).await?;
+                Ok(actor.get_cell())
+            })
+        }),
+    }
+}
+
+fn supervisor_spec_child(name: &str, spec: impl Fn() -> SupervisorSpec + Send + Sync + 'static) -> ChildSpec {
+    let child_name = name.to_string();
+    ChildSpec {
+        name: name.to_string(),
+        restart: Restart::Permanent,
+        start: Arc::new(move |parent| {
+            let name = child_name.clone();
+            let spec = spec();
+            Box::pin(async move {
+                let (actor, _) = spawn_supervisor(&name, spec, Some(parent)).await?;
+                Ok(actor.get_cell())
+            })
+        }),
+    }
+}
+
+/// Restart policy shared by the host's subtrees: a few quick restarts are
+/// absorbed, a crash loop escalates.
+fn default_intensity() -> Intensity {
+    Intensity {
+        max_restarts: 5,
+        within: Duration::from_secs(60),
+    }
+}
+
+fn default_backoff() -> Backoff {
+    Backoff::exponential(Duration::from_millis(100), Duration::from_secs(30))
+}
+
+/// A running host.
+pub struct Host {
+    pub ctx: Arc<HostContext>,
+    pub root: ActorRef<SupervisorMsg>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the tree. `terminal` adds the terminal channel.
+pub async fn start(ctx: Arc<HostContext>, terminal: Option<TerminalArgs>) -> Result<Host, HostError> {
+    let orphans = remove_orphans(&ctx.docker, &ctx.instance).await;
+    if orphans > 0 {
+        tracing::warn!(orphans, "removed containers left by a previous host");
+    }
+    let groups = ctx
+        .store
+        .groups()
+        .map_err(|e| HostError::Spawn(e.to_string()))?;
+    let group_children: Vec<ChildSpec> = groups.into_iter().map(|g| queue_spec(&ctx, g)).collect();
+    let channel_children: Vec<ChildSpec> = terminal.into_iter().map(terminal_spec).collect();
+    let spec = SupervisorSpec {
+        strategy: Strategy::OneForOne,
+        intensity: default_intensity(),
+        backoff: default_backoff(),
+        children: vec![
+            router_spec(&ctx),
+            supervisor_spec_child("groups", move || SupervisorSpec {
+                strategy: Strategy::OneForOne,
+                intensity: default_intensity(),
+                backoff: default_backoff(),
+                children: group_children.clone(),
+            }),
+            supervisor_spec_child("channels", move || SupervisorSpec {
+                strategy: Strategy::OneForOne,
+                intensity: default_intensity(),
+                backoff: default_backoff(),
+                children: channel_children.clone(),
+            }),
+        ],
+    };
+    let (root, handle) = spawn_supervisor("talon", spec, None)
+        .await
+        .map_err(|e| HostError::Spawn(e.to_string()))?;
+    // Replies recorded but not delivered before the last stop go out now.
+    match ctx.store.unsent_outbox() {
+        Ok(rows) => {
+            for row in rows {
+                crate::actors::group_queue::deliver_row(row);
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
+    }
+    tracing::info!("talon is running");
+    Ok(Host { ctx, root, handle })
+}
+
+impl Host {
+    /// Registers a group at runtime and starts its queue.
+    pub async fn add_group(&self, group: RegisteredGroup) -> Result<(), String> {
+        self.ctx
+            .store
+            .register_group(&group)
+            .map_err(|e| e.to_string())?;
+        if let Some(router) = ractor::registry::where_is(ROUTER.to_string()) {
+            let _ = router.send_message(RouterMsg::ReloadGroups);
+        }
+        let groups = ractor::registry::where_is("groups".to_string())
+            .ok_or_else(|| "the groups supervisor is not running".to_string())?;
+        let spec = queue_spec(&self.ctx, group);
+        groups
+            .send_message(SupervisorMsg::StartChild(spec, None))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The live actor tree.
+    pub async fn dump(&self) -> crate::dump::ActorNode {
+        crate::dump::snapshot(self.root.get_cell()).await
+    }
+
+    /// Writes the tree to `data/state-dump.json` (atomically) and the log.
+    pub async fn write_dump(&self) -> std::io::Result<PathBuf> {
+        let tree = self.dump().await;
+        let document = serde_json::json!({
+            "written_at": chrono::Utc::now().to_rfc3339(),
+            "pid": std::process::id(),
+            "tree": tree,
+        });
+        let text = serde_json::to_string_pretty(&document).map_err(std::io::Error::other)?;
+        let path = self.ctx.paths.state_dump();
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, &text)?;
+        std::fs::rename(&tmp, &path)?;
+        tracing::info!(dump = %text, "actor tree dumped");
+        Ok(path)
+    }
+
+    /// Stops the tree, then makes sure no container of ours keeps running.
+    pub async fn shutdown(self) {
+        self.root.stop(Some("shutdown".into()));
+        if tokio::time::timeout(Duration::from_secs(15), self.handle)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the actor tree did not stop within 15 s");
+        }
+        remove_orphans(&self.ctx.docker, &self.ctx.instance).await;
+        tracing::info!("talon stopped");
+    }
+}

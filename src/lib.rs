@@ -1,0 +1,29 @@
+//! talon: a personal AI assistant host.
+//!
+//! Chat channels (terminal, Slack, Discord) feed a router; each registered
+//! group has a queue actor that runs a Claude agent inside a hardened Docker
+//! container, one container per group, and delivers its replies back to the
+//! chat. Every actor lives under one generic supervisor implementation.
+//!
+//! Pure decisions (trigger matching, prompt formatting, cursor and retry
+//! rules, container specs) live in small modules with unit tests; the actors
+//! in [`actors`] receive, decide through them, and act.
+
+pub mod actors;
+pub mod cli;
+pub mod config;
+pub mod docker;
+pub mod dump;
+pub mod host;
+pub mod image;
+pub mod logging;
+pub mod messages;
+pub mod outbound;
+pub mod paths;
+pub mod prompt;
+pub mod secret;
+pub mod provider;
+pub mod retry;
+pub mod singleton;
+pub mod store;
+pub mod trigger;

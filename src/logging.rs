@@ -1,0 +1,69 @@
+//! Logs: `logs/talon.log` (everything at the configured level) and
+//! `logs/talon.error.log` (warnings and errors), rotated daily, 7 kept; plus
+//! stderr. `LOG_LEVEL` or `RUST_LOG` override the configured level.
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::rolling::{Builder, Rotation};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use crate::paths::Paths;
+
+/// Keeps the background writers alive; drop it last.
+pub struct LogGuards {
+    _guards: Vec<WorkerGuard>,
+}
+
+/// `quiet_stderr`: only errors reach stderr (a piped chat's stdout and
+/// stderr belong to the conversation).
+pub fn init(paths: &Paths, level: &str, quiet_stderr: bool) -> anyhow::Result<LogGuards> {
+    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| level.to_string());
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .or_else(|_| EnvFilter::try_new(format!("warn,talon={level}")))
+            .unwrap_or_else(|_| EnvFilter::new("warn,talon=info"))
+    };
+    let rolling = |name: &str| {
+        Builder::new()
+            .rotation(Rotation::DAILY)
+            .filename_prefix(name)
+            .filename_suffix("log")
+            .max_log_files(7)
+            .build(paths.logs())
+    };
+    let (all, all_guard) = tracing_appender::non_blocking(rolling("talon")?);
+    let (errors, error_guard) = tracing_appender::non_blocking(rolling("talon.error")?);
+    let stderr_level = if quiet_stderr {
+        LevelFilter::ERROR
+    } else {
+        LevelFilter::INFO
+    };
+    let result = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(all)
+                .with_filter(filter()),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(errors)
+                .with_filter(LevelFilter::WARN),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(stderr_level)
+                .with_filter(filter()),
+        )
+        .try_init();
+    if result.is_err() {
+        // Already initialised (tests start several hosts in one process).
+    }
+    Ok(LogGuards {
+        _guards: vec![all_guard, error_guard],
+    })
+}

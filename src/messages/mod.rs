@@ -1,0 +1,8 @@
+//! Typed messages: what actors say to each other, and the host↔container
+//! wire protocol ([`wire`]).
+
+pub mod actor;
+pub mod channel;
+pub mod wire;
+
+pub use actor::*;

@@ -1,0 +1,217 @@
+//! The host ↔ container wire protocol.
+//!
+//! One JSON object per line over the container's attached stdin/stdout: no
+//! polling, no files, no network. This file is the single definition of the
+//! protocol: the host uses it as `talon::messages::wire` and the agent runner
+//! compiles the very same file into its binary (`#[path]` include), so the two
+//! sides cannot drift apart. It depends on `serde` only, for that reason.
+//!
+//! The runner never holds a credential: when it needs a completion it sends a
+//! [`RunnerToHost::ModelRequest`] and the host, which holds the keys, answers
+//! with [`HostToRunner::ModelResponse`].
+
+use serde::{Deserialize, Serialize};
+
+/// Bumped on any incompatible change; the runner refuses a start it cannot read.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest line either side accepts. A longer line is discarded whole (and
+/// reported), never buffered without bound.
+pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+
+/// What the host sends to the runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostToRunner {
+    /// First line of every run.
+    Start(StartRun),
+    /// A new batch for the running agent (the warm path): handled as the next turn.
+    FollowUp { prompt: String },
+    /// The close sentinel: finish the current turn, then exit 0.
+    Close,
+    /// The answer to a [`RunnerToHost::ModelRequest`] with the same id.
+    ModelResponse {
+        request_id: u64,
+        result: ModelResult,
+    },
+}
+
+/// Everything the runner needs to begin a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StartRun {
+    pub protocol: u32,
+    pub group_folder: String,
+    pub chat_id: String,
+    pub is_main: bool,
+    /// Agent session to continue, if the group has one.
+    pub session_id: Option<String>,
+    /// Last assistant message id the host recorded: a resume is anchored here.
+    pub resume_at: Option<String>,
+    pub prompt: String,
+    pub assistant_name: String,
+    pub timezone: String,
+}
+
+/// What the runner sends to the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunnerToHost {
+    /// Text for the user. Every output resets the host's idle timer.
+    Output { text: String },
+    /// Liveness while a long turn runs; shown nowhere.
+    Progress { note: String },
+    /// Ask the host for a model completion.
+    ModelRequest {
+        request_id: u64,
+        request: ModelRequest,
+    },
+    /// The end of one turn (a start or a follow-up).
+    Result(RunResult),
+}
+
+/// How a turn ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub status: RunStatus,
+    pub session_id: Option<String>,
+    pub last_assistant_id: Option<String>,
+    /// Why the turn failed, in words a user can read.
+    pub error: Option<String>,
+    /// The class of the failure; decides whether the host retries.
+    pub error_kind: Option<ErrorKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Success,
+    Error,
+}
+
+/// A provider-neutral completion request. The host picks the model and the
+/// credentials; the runner only says what to ask.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRequest {
+    pub system: String,
+    pub messages: Vec<ChatMessage>,
+    pub max_tokens: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: Vec<ContentBlock>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+/// One block of a message, in the Anthropic Messages shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentBlock {
+    Text { text: String },
+}
+
+/// The host's answer to a model request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ModelResult {
+    Ok(ModelReply),
+    Error(ModelFailure),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelReply {
+    pub id: String,
+    pub content: Vec<ContentBlock>,
+    pub stop_reason: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFailure {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// One classification of failures for the whole system: it alone decides
+/// whether something is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// 429: retry after the server's delay.
+    RateLimited,
+    /// 5xx, timeouts, connection resets: retry with backoff.
+    Temporary,
+    /// Bad credentials (401/403): retrying cannot help; the user must act.
+    Auth,
+    /// Anything else a retry cannot fix (400, unknown model, malformed reply).
+    Permanent,
+}
+
+impl ErrorKind {
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::RateLimited | ErrorKind::Temporary)
+    }
+}
+
+/// Serialises one message as a protocol line (with the trailing newline).
+pub fn encode_line<T: Serialize>(message: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut line = serde_json::to_vec(message)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_line_round_trips() {
+        let start = HostToRunner::Start(StartRun {
+            protocol: PROTOCOL_VERSION,
+            group_folder: "main".into(),
+            chat_id: "term:local".into(),
+            is_main: true,
+            session_id: None,
+            resume_at: None,
+            prompt: "<messages/>".into(),
+            assistant_name: "Talon".into(),
+            timezone: "UTC".into(),
+        });
+        let line = encode_line(&start).unwrap();
+        assert_eq!(line.last(), Some(&b'\n'));
+        let back: HostToRunner = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, start);
+    }
+
+    #[test]
+    fn tags_are_stable_snake_case() {
+        let line = serde_json::to_string(&RunnerToHost::Output { text: "hi".into() }).unwrap();
+        assert_eq!(line, r#"{"type":"output","text":"hi"}"#);
+        let close = serde_json::to_string(&HostToRunner::Close).unwrap();
+        assert_eq!(close, r#"{"type":"close"}"#);
+        let err = ModelResult::Error(ModelFailure {
+            kind: ErrorKind::RateLimited,
+            message: "slow down".into(),
+        });
+        let json = serde_json::to_string(&err).unwrap();
+        assert_eq!(
+            json,
+            r#"{"status":"error","kind":"rate_limited","message":"slow down"}"#
+        );
+    }
+
+    #[test]
+    fn unknown_type_is_an_error_not_a_panic() {
+        assert!(serde_json::from_str::<RunnerToHost>(r#"{"type":"bogus"}"#).is_err());
+        assert!(serde_json::from_str::<RunnerToHost>("not json").is_err());
+        assert!(serde_json::from_str::<RunnerToHost>("").is_err());
+    }
+}

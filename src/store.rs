@@ -1,0 +1,838 @@
+//! The SQLite store: one file under `data/`, versioned migrations.
+//!
+//! Everything that must survive a crash lives here: messages (deduplicated by
+//! platform message id), registered groups, agent sessions, per-chat cursors,
+//! the outbox of replies, failed batches and scheduled tasks.
+//!
+//! Cursors count in the store's insertion order (`messages.seq`), not in
+//! platform timestamps, which can collide or arrive out of order. A reply and
+//! the cursor advance it completes are written in one transaction (the
+//! outbox), so a crash can never leave a batch answered-but-unrecorded or
+//! recorded-but-unanswered.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite_migration::{Migrations, M};
+
+use crate::messages::{InboundMessage, RegisteredGroup, StoredMessage, UnixMillis};
+
+/// Schema history. Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE chats (
+    chat_id         TEXT PRIMARY KEY,
+    name            TEXT NOT NULL DEFAULT '',
+    channel         TEXT NOT NULL,
+    last_message_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE messages (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    chat_id         TEXT NOT NULL,
+    platform_msg_id TEXT NOT NULL,
+    sender_id       TEXT NOT NULL,
+    sender_name     TEXT NOT NULL,
+    content         TEXT NOT NULL,
+    timestamp       INTEGER NOT NULL,
+    is_from_me      INTEGER NOT NULL DEFAULT 0,
+    is_bot_message  INTEGER NOT NULL DEFAULT 0,
+    reply_to        TEXT,
+    thread_id       TEXT,
+    UNIQUE (chat_id, platform_msg_id)
+);
+CREATE INDEX messages_by_chat ON messages (chat_id, seq);
+CREATE TABLE registered_groups (
+    chat_id          TEXT PRIMARY KEY,
+    name             TEXT NOT NULL,
+    folder           TEXT NOT NULL UNIQUE,
+    trigger_pattern  TEXT,
+    requires_trigger INTEGER NOT NULL DEFAULT 1,
+    is_main          INTEGER NOT NULL DEFAULT 0,
+    container_config TEXT,
+    added_at         INTEGER NOT NULL
+);
+CREATE TABLE sessions (
+    group_folder      TEXT PRIMARY KEY,
+    session_id        TEXT NOT NULL,
+    last_assistant_id TEXT,
+    updated_at        INTEGER NOT NULL
+);
+CREATE TABLE router_state (
+    chat_id        TEXT PRIMARY KEY,
+    last_agent_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE outbox (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    chat_id      TEXT NOT NULL,
+    group_folder TEXT NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind IN ('reply', 'notice')),
+    text         TEXT NOT NULL,
+    thread_id    TEXT,
+    through_seq  INTEGER,
+    created_at   INTEGER NOT NULL,
+    sent_at      INTEGER
+);
+CREATE INDEX outbox_unsent ON outbox (sent_at) WHERE sent_at IS NULL;
+CREATE TABLE failed_batches (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    chat_id      TEXT NOT NULL,
+    group_folder TEXT NOT NULL,
+    from_seq     INTEGER NOT NULL,
+    through_seq  INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL,
+    reason       TEXT NOT NULL,
+    failed_at    INTEGER NOT NULL
+);
+CREATE TABLE scheduled_tasks (
+    id             TEXT PRIMARY KEY,
+    group_folder   TEXT NOT NULL,
+    chat_id        TEXT NOT NULL,
+    prompt         TEXT NOT NULL,
+    schedule_type  TEXT NOT NULL CHECK (schedule_type IN ('cron', 'interval', 'once')),
+    schedule_value TEXT NOT NULL,
+    context_mode   TEXT NOT NULL DEFAULT 'isolated' CHECK (context_mode IN ('group', 'isolated')),
+    next_run       INTEGER,
+    last_run       INTEGER,
+    status         TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'paused', 'completed')),
+    created_at     INTEGER NOT NULL
+);
+CREATE INDEX tasks_due ON scheduled_tasks (status, next_run);
+CREATE TABLE task_run_logs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id     TEXT NOT NULL REFERENCES scheduled_tasks (id) ON DELETE CASCADE,
+    run_at      INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    status      TEXT NOT NULL,
+    result      TEXT,
+    error       TEXT
+);
+"#];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the database {path} has schema version {found}, newer than this talon knows ({known}); \
+         run the newer talon, or restore a backup"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: usize,
+        known: usize,
+    },
+    #[error("cannot migrate the database {path}: {message}")]
+    Migrate { path: PathBuf, message: String },
+    #[error("invalid group folder {folder:?}: {why}")]
+    InvalidFolder { folder: String, why: &'static str },
+    #[error("the group folder {0:?} is already used by another chat")]
+    FolderTaken(String),
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("the database lock was poisoned by a panic")]
+    Poisoned,
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Checks a group folder name: `[a-z0-9-]`, 1–64 characters, not starting
+/// with `-`. (`..` and `/` are impossible under that alphabet.)
+pub fn validate_folder(folder: &str) -> Result<()> {
+    let invalid = |why| StoreError::InvalidFolder {
+        folder: folder.to_string(),
+        why,
+    };
+    if folder.is_empty() || folder.len() > 64 {
+        return Err(invalid("it must be 1 to 64 characters long"));
+    }
+    if !folder
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(invalid("only a-z, 0-9 and '-' are allowed"));
+    }
+    if folder.starts_with('-') {
+        return Err(invalid("it must not start with '-'"));
+    }
+    if folder == "global" {
+        return Err(invalid("'global' is the shared memory folder"));
+    }
+    Ok(())
+}
+
+/// A reply or notice waiting to be delivered (or already delivered).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub chat_id: String,
+    pub group_folder: String,
+    pub kind: OutboxKind,
+    pub text: String,
+    pub thread_id: Option<String>,
+    pub through_seq: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// The agent's answer.
+    Reply,
+    /// A short line from talon itself (e.g. a batch that failed).
+    Notice,
+}
+
+impl OutboxKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::Reply => "reply",
+            OutboxKind::Notice => "notice",
+        }
+    }
+}
+
+/// A group's agent session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub last_assistant_id: Option<String>,
+}
+
+/// A batch that ran out of retries.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FailedBatch {
+    pub chat_id: String,
+    pub group_folder: String,
+    pub from_seq: i64,
+    pub through_seq: i64,
+    pub attempts: u32,
+    pub reason: String,
+    pub failed_at: UnixMillis,
+}
+
+/// Cheap to clone; all clones share one connection.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+pub fn now_millis() -> UnixMillis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::prepare(&mut conn, path)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// A private in-memory store, for tests.
+    pub fn open_in_memory() -> Result<Store> {
+        let mut conn = Connection::open_in_memory()?;
+        Self::prepare(&mut conn, Path::new(":memory:"))?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn prepare(conn: &mut Connection, path: &Path) -> Result<()> {
+        // WAL: readers never block the writer; NORMAL sync is durable across
+        // process crashes (the failure talon must survive), and fast.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let found: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = MIGRATIONS.len();
+        if found > known {
+            return Err(StoreError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                known,
+            });
+        }
+        migrations()
+            .to_latest(conn)
+            .map_err(|e| StoreError::Migrate {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+    }
+
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>> {
+        self.conn.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// Stores an inbound message. `None` when the platform already delivered
+    /// it (same chat and platform message id): the caller must not act twice.
+    pub fn insert_message(&self, msg: &InboundMessage) -> Result<Option<i64>> {
+        let conn = self.conn()?;
+        let tx = conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO chats (chat_id, channel, last_message_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (chat_id) DO UPDATE SET last_message_at = max(last_message_at, ?3)",
+            params![
+                msg.chat_id,
+                crate::messages::channel_of(&msg.chat_id),
+                msg.timestamp
+            ],
+        )?;
+        let inserted = tx.execute(
+            "INSERT INTO messages (chat_id, platform_msg_id, sender_id, sender_name, content,
+                 timestamp, is_from_me, is_bot_message, reply_to, thread_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (chat_id, platform_msg_id) DO NOTHING",
+            params![
+                msg.chat_id,
+                msg.platform_msg_id,
+                msg.sender_id,
+                msg.sender_name,
+                msg.content,
+                msg.timestamp,
+                msg.is_from_me,
+                msg.is_bot_message,
+                msg.reply_to,
+                msg.thread_id
+            ],
+        )?;
+        let seq = (inserted == 1).then(|| tx.last_insert_rowid());
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Messages of `chat_id` after `after_seq`, oldest first, at most `limit`.
+    /// The assistant's own messages are left out: they are not new input.
+    pub fn messages_after(
+        &self,
+        chat_id: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, chat_id, platform_msg_id, sender_id, sender_name, content, timestamp,
+                    is_from_me, is_bot_message, reply_to, thread_id
+             FROM messages WHERE chat_id = ?1 AND seq > ?2 AND is_from_me = 0
+             ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![chat_id, after_seq, i64::try_from(limit).unwrap_or(i64::MAX)],
+            stored_message,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The newest message seq in a chat (0 when empty).
+    pub fn latest_seq(&self, chat_id: &str) -> Result<i64> {
+        let conn = self.conn()?;
+        Ok(conn.query_row(
+            "SELECT coalesce(max(seq), 0) FROM messages WHERE chat_id = ?1 AND is_from_me = 0",
+            [chat_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Registers (or updates) a group after validating its folder.
+    pub fn register_group(&self, group: &RegisteredGroup) -> Result<()> {
+        validate_folder(&group.folder)?;
+        let conn = self.conn()?;
+        let taken: Option<String> = conn
+            .query_row(
+                "SELECT chat_id FROM registered_groups WHERE folder = ?1",
+                [&group.folder],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if taken.is_some_and(|chat| chat != group.chat_id) {
+            return Err(StoreError::FolderTaken(group.folder.clone()));
+        }
+        conn.execute(
+            "INSERT INTO registered_groups (chat_id, name, folder, trigger_pattern,
+                 requires_trigger, is_main, container_config, added_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (chat_id) DO UPDATE SET name = ?2, folder = ?3, trigger_pattern = ?4,
+                 requires_trigger = ?5, is_main = ?6, container_config = ?7",
+            params![
+                group.chat_id,
+                group.name,
+                group.folder,
+                group.trigger_pattern,
+                group.requires_trigger,
+                group.is_main,
+                group.container_config,
+                group.added_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn groups(&self) -> Result<Vec<RegisteredGroup>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT chat_id, name, folder, trigger_pattern, requires_trigger, is_main,
+                    container_config, added_at
+             FROM registered_groups ORDER BY added_at, folder",
+        )?;
+        let rows = stmt.query_map([], registered_group)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn group_by_chat(&self, chat_id: &str) -> Result<Option<RegisteredGroup>> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT chat_id, name, folder, trigger_pattern, requires_trigger, is_main,
+                        container_config, added_at
+                 FROM registered_groups WHERE chat_id = ?1",
+                [chat_id],
+                registered_group,
+            )
+            .optional()?)
+    }
+
+    /// The last message seq the agent has answered in `chat_id` (0: none).
+    pub fn cursor(&self, chat_id: &str) -> Result<i64> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT last_agent_seq FROM router_state WHERE chat_id = ?1",
+                [chat_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Records the agent's output for a batch: the outbox row and the cursor
+    /// advance (to `through_seq`, never backwards) commit together.
+    pub fn record_reply(
+        &self,
+        chat_id: &str,
+        group_folder: &str,
+        text: &str,
+        thread_id: Option<&str>,
+        through_seq: i64,
+    ) -> Result<OutboxRow> {
+        let conn = self.conn()?;
+        let tx = conn.unchecked_transaction()?;
+        let row = insert_outbox(
+            &tx,
+            chat_id,
+            group_folder,
+            OutboxKind::Reply,
+            text,
+            thread_id,
+            Some(through_seq),
+        )?;
+        advance_cursor(&tx, chat_id, through_seq)?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// Advances the cursor past a batch that produced no text (e.g. an agent
+    /// that only worked in files).
+    pub fn complete_silently(&self, chat_id: &str, through_seq: i64) -> Result<()> {
+        let conn = self.conn()?;
+        advance_cursor(&conn, chat_id, through_seq)
+    }
+
+    /// Gives up on a batch: it is kept in `failed_batches`, the chat gets a
+    /// notice, and the cursor moves past it — all in one transaction.
+    pub fn fail_batch(&self, batch: &FailedBatch, notice: &str) -> Result<OutboxRow> {
+        let conn = self.conn()?;
+        let tx = conn.unchecked_transaction()?;
+        tx.execute(
+            "INSERT INTO failed_batches (chat_id, group_folder, from_seq, through_seq, attempts,
+                 reason, failed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                batch.chat_id,
+                batch.group_folder,
+                batch.from_seq,
+                batch.through_seq,
+                batch.attempts,
+                batch.reason,
+                batch.failed_at
+            ],
+        )?;
+        let row = insert_outbox(
+            &tx,
+            &batch.chat_id,
+            &batch.group_folder,
+            OutboxKind::Notice,
+            notice,
+            None,
+            Some(batch.through_seq),
+        )?;
+        advance_cursor(&tx, &batch.chat_id, batch.through_seq)?;
+        tx.commit()?;
+        Ok(row)
+    }
+
+    /// Queues a notice that completes nothing (e.g. a permanent error).
+    pub fn record_notice(&self, chat_id: &str, group_folder: &str, text: &str) -> Result<OutboxRow> {
+        let conn = self.conn()?;
+        insert_outbox(
+            &conn,
+            chat_id,
+            group_folder,
+            OutboxKind::Notice,
+            text,
+            None,
+            None,
+        )
+    }
+
+    pub fn failed_batches(&self, limit: usize) -> Result<Vec<FailedBatch>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT chat_id, group_folder, from_seq, through_seq, attempts, reason, failed_at
+             FROM failed_batches ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok(FailedBatch {
+                chat_id: r.get(0)?,
+                group_folder: r.get(1)?,
+                from_seq: r.get(2)?,
+                through_seq: r.get(3)?,
+                attempts: r.get(4)?,
+                reason: r.get(5)?,
+                failed_at: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn mark_sent(&self, outbox_id: i64) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute(
+            "UPDATE outbox SET sent_at = ?2 WHERE id = ?1 AND sent_at IS NULL",
+            params![outbox_id, now_millis()],
+        )?;
+        Ok(())
+    }
+
+    /// Outbox rows not yet delivered, oldest first.
+    pub fn unsent_outbox(&self) -> Result<Vec<OutboxRow>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, chat_id, group_folder, kind, text, thread_id, through_seq
+             FROM outbox WHERE sent_at IS NULL ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], outbox_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn session(&self, group_folder: &str) -> Result<Option<SessionRow>> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT session_id, last_assistant_id FROM sessions WHERE group_folder = ?1",
+                [group_folder],
+                |r| {
+                    Ok(SessionRow {
+                        session_id: r.get(0)?,
+                        last_assistant_id: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn set_session(
+        &self,
+        group_folder: &str,
+        session_id: &str,
+        last_assistant_id: Option<&str>,
+    ) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO sessions (group_folder, session_id, last_assistant_id, updated_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (group_folder) DO UPDATE SET session_id = ?2,
+                 last_assistant_id = coalesce(?3, last_assistant_id), updated_at = ?4",
+            params![group_folder, session_id, last_assistant_id, now_millis()],
+        )?;
+        Ok(())
+    }
+
+    pub fn clear_session(&self, group_folder: &str) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute(
+            "DELETE FROM sessions WHERE group_folder = ?1",
+            [group_folder],
+        )?;
+        Ok(())
+    }
+
+    /// `PRAGMA integrity_check`: `Ok(true)` when the file is sound.
+    pub fn integrity_ok(&self) -> Result<bool> {
+        let conn = self.conn()?;
+        let verdict: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        Ok(verdict == "ok")
+    }
+}
+
+fn insert_outbox(
+    conn: &Connection,
+    chat_id: &str,
+    group_folder: &str,
+    kind: OutboxKind,
+    text: &str,
+    thread_id: Option<&str>,
+    through_seq: Option<i64>,
+) -> Result<OutboxRow> {
+    conn.execute(
+        "INSERT INTO outbox (chat_id, group_folder, kind, text, thread_id, through_seq, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            chat_id,
+            group_folder,
+            kind.as_str(),
+            text,
+            thread_id,
+            through_seq,
+            now_millis()
+        ],
+    )?;
+    Ok(OutboxRow {
+        id: conn.last_insert_rowid(),
+        chat_id: chat_id.to_string(),
+        group_folder: group_folder.to_string(),
+        kind,
+        text: text.to_string(),
+        thread_id: thread_id.map(str::to_string),
+        through_seq,
+    })
+}
+
+fn advance_cursor(conn: &Connection, chat_id: &str, through_seq: i64) -> Result<()> {
+    conn.execute(
+        "INSERT INTO router_state (chat_id, last_agent_seq) VALUES (?1, ?2)
+         ON CONFLICT (chat_id) DO UPDATE SET last_agent_seq = max(last_agent_seq, ?2)",
+        params![chat_id, through_seq],
+    )?;
+    Ok(())
+}
+
+fn stored_message(r: &Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        seq: r.get(0)?,
+        chat_id: r.get(1)?,
+        platform_msg_id: r.get(2)?,
+        sender_id: r.get(3)?,
+        sender_name: r.get(4)?,
+        content: r.get(5)?,
+        timestamp: r.get(6)?,
+        is_from_me: r.get(7)?,
+        is_bot_message: r.get(8)?,
+        reply_to: r.get(9)?,
+        thread_id: r.get(10)?,
+    })
+}
+
+fn registered_group(r: &Row<'_>) -> rusqlite::Result<RegisteredGroup> {
+    Ok(RegisteredGroup {
+        chat_id: r.get(0)?,
+        name: r.get(1)?,
+        folder: r.get(2)?,
+        trigger_pattern: r.get(3)?,
+        requires_trigger: r.get(4)?,
+        is_main: r.get(5)?,
+        container_config: r.get(6)?,
+        added_at: r.get(7)?,
+    })
+}
+
+fn outbox_row(r: &Row<'_>) -> rusqlite::Result<OutboxRow> {
+    let kind: String = r.get(3)?;
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        chat_id: r.get(1)?,
+        group_folder: r.get(2)?,
+        kind: if kind == "notice" {
+            OutboxKind::Notice
+        } else {
+            OutboxKind::Reply
+        },
+        text: r.get(4)?,
+        thread_id: r.get(5)?,
+        through_seq: r.get(6)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(chat: &str, id: &str, text: &str) -> InboundMessage {
+        InboundMessage {
+            chat_id: chat.into(),
+            platform_msg_id: id.into(),
+            sender_id: "u1".into(),
+            sender_name: "Ann".into(),
+            content: text.into(),
+            timestamp: 1_700_000_000_000,
+            is_from_me: false,
+            is_bot_message: false,
+            reply_to: None,
+            thread_id: None,
+        }
+    }
+
+    fn group(chat: &str, folder: &str) -> RegisteredGroup {
+        RegisteredGroup {
+            chat_id: chat.into(),
+            name: folder.into(),
+            folder: folder.into(),
+            trigger_pattern: None,
+            requires_trigger: true,
+            is_main: false,
+            container_config: None,
+            added_at: 1,
+        }
+    }
+
+    #[test]
+    fn redelivered_message_is_stored_once() {
+        let store = Store::open_in_memory().unwrap();
+        let first = store.insert_message(&message("term:a", "m1", "hi")).unwrap();
+        let again = store.insert_message(&message("term:a", "m1", "hi")).unwrap();
+        assert!(first.is_some());
+        assert_eq!(again, None);
+        assert_eq!(store.messages_after("term:a", 0, 10).unwrap().len(), 1);
+        // The same platform id in another chat is another message.
+        assert!(store
+            .insert_message(&message("term:b", "m1", "x"))
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn reply_and_cursor_commit_together_and_never_go_back() {
+        let store = Store::open_in_memory().unwrap();
+        let s1 = store.insert_message(&message("c", "1", "a")).unwrap().unwrap();
+        let s2 = store.insert_message(&message("c", "2", "b")).unwrap().unwrap();
+        assert_eq!(store.cursor("c").unwrap(), 0);
+        let row = store.record_reply("c", "g", "answer", None, s2).unwrap();
+        assert_eq!(store.cursor("c").unwrap(), s2);
+        assert_eq!(store.unsent_outbox().unwrap(), vec![row.clone()]);
+        store.complete_silently("c", s1).unwrap();
+        assert_eq!(store.cursor("c").unwrap(), s2, "cursor moved backwards");
+        store.mark_sent(row.id).unwrap();
+        assert!(store.unsent_outbox().unwrap().is_empty());
+        assert!(store.messages_after("c", s2, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn failed_batch_is_kept_noticed_and_passed() {
+        let store = Store::open_in_memory().unwrap();
+        let s1 = store.insert_message(&message("c", "1", "a")).unwrap().unwrap();
+        let batch = FailedBatch {
+            chat_id: "c".into(),
+            group_folder: "g".into(),
+            from_seq: s1,
+            through_seq: s1,
+            attempts: 6,
+            reason: "provider down".into(),
+            failed_at: 5,
+        };
+        let notice = store.fail_batch(&batch, "could not process").unwrap();
+        assert_eq!(notice.kind, OutboxKind::Notice);
+        assert_eq!(store.cursor("c").unwrap(), s1);
+        assert_eq!(store.failed_batches(10).unwrap(), vec![batch]);
+    }
+
+    #[test]
+    fn limit_and_order_of_pending_messages() {
+        let store = Store::open_in_memory().unwrap();
+        for i in 0..15 {
+            store
+                .insert_message(&message("c", &i.to_string(), &format!("m{i}")))
+                .unwrap();
+        }
+        let batch = store.messages_after("c", 0, 10).unwrap();
+        assert_eq!(batch.len(), 10);
+        assert_eq!(batch[0].content, "m0");
+        assert_eq!(batch[9].content, "m9");
+        assert_eq!(store.latest_seq("c").unwrap(), 15);
+    }
+
+    #[test]
+    fn folders_are_validated_and_unique() {
+        for bad in ["", "Main", "a/b", "..", "-x", "a_b", "global", "a b"] {
+            assert!(validate_folder(bad).is_err(), "{bad:?} accepted");
+        }
+        validate_folder("family-chat-2").unwrap();
+        let store = Store::open_in_memory().unwrap();
+        store.register_group(&group("term:a", "alpha")).unwrap();
+        assert!(matches!(
+            store.register_group(&group("term:b", "alpha")),
+            Err(StoreError::FolderTaken(_))
+        ));
+        let mut renamed = group("term:a", "alpha");
+        renamed.name = "Alpha".into();
+        store.register_group(&renamed).unwrap();
+        assert_eq!(store.groups().unwrap(), vec![renamed]);
+        assert!(store.group_by_chat("term:zzz").unwrap().is_none());
+    }
+
+    #[test]
+    fn sessions_keep_their_anchor() {
+        let store = Store::open_in_memory().unwrap();
+        store.set_session("g", "s1", Some("msg_1")).unwrap();
+        store.set_session("g", "s1", None).unwrap();
+        assert_eq!(
+            store.session("g").unwrap(),
+            Some(SessionRow {
+                session_id: "s1".into(),
+                last_assistant_id: Some("msg_1".into())
+            })
+        );
+        store.clear_session("g").unwrap();
+        assert_eq!(store.session("g").unwrap(), None);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("talon.db");
+        drop(Store::open(&path).unwrap());
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", 99).unwrap();
+        }
+        let err = Store::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+        assert!(err.to_string().contains("newer"));
+        // Reopening an up-to-date file is fine and keeps data.
+        let path2 = dir.path().join("b.db");
+        let store = Store::open(&path2).unwrap();
+        store.insert_message(&message("c", "1", "a")).unwrap();
+        drop(store);
+        let store = Store::open(&path2).unwrap();
+        assert_eq!(store.latest_seq("c").unwrap(), 1);
+        assert!(store.integrity_ok().unwrap());
+    }
+}

@@ -1,0 +1,367 @@
+//! A fake Anthropic Messages API for tests, on 127.0.0.1, so no test ever
+//! reaches the internet (spec §7).
+//!
+//! It speaks the real wire format (`POST /v1/messages`, the real success and
+//! error bodies, `retry-after`) and checks what the real API would refuse: a
+//! missing `anthropic-version`, and not exactly one of `x-api-key` /
+//! `authorization`. Each request is answered with the next scripted [`Reply`],
+//! or, once the script is empty, by a fallback that echoes the last user
+//! message. Every request is recorded for assertions.
+//!
+//! Use real time with millisecond durations: under tokio's paused clock the
+//! runtime would skip ahead while waiting on the sockets and fire timeouts.
+//!
+//! Included by many test crates, so it depends only on axum, tokio,
+//! serde_json and std, and unused helpers are fine.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+/// How the fake answers one request.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// 200 with one text block.
+    Text(String),
+    /// An error status with the real error body, and `retry-after` if given.
+    Status {
+        code: u16,
+        error_type: String,
+        message: String,
+        retry_after: Option<String>,
+    },
+    /// Waits, then answers.
+    Delay(Duration, Box<Reply>),
+    /// 200 with a truncated JSON body.
+    MalformedBody,
+    /// Any status with this exact JSON body (e.g. content blocks talon does
+    /// not handle yet).
+    Raw { code: u16, body: Value },
+}
+
+impl Reply {
+    pub fn text(text: impl Into<String>) -> Reply {
+        Reply::Text(text.into())
+    }
+
+    pub fn status(code: u16, error_type: &str, message: &str) -> Reply {
+        Reply::Status {
+            code,
+            error_type: error_type.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429 `rate_limit_error`, optionally with a `retry-after` value.
+    pub fn rate_limited(retry_after: Option<&str>) -> Reply {
+        Reply::Status {
+            code: 429,
+            error_type: "rate_limit_error".into(),
+            message: "Number of request tokens has exceeded your per-minute rate limit".into(),
+            retry_after: retry_after.map(str::to_string),
+        }
+    }
+
+    /// 529 `overloaded_error`, as the real API sends under load.
+    pub fn overloaded() -> Reply {
+        Reply::status(529, "overloaded_error", "Overloaded")
+    }
+
+    pub fn internal_error() -> Reply {
+        Reply::status(500, "api_error", "Internal server error")
+    }
+
+    pub fn delayed(delay: Duration, reply: Reply) -> Reply {
+        Reply::Delay(delay, Box::new(reply))
+    }
+}
+
+/// One request as the fake received it.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    /// Lowercased names; the last value wins for repeated headers.
+    pub headers: BTreeMap<String, String>,
+    /// `Value::Null` when the body was not JSON.
+    pub body: Value,
+}
+
+impl RecordedRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+}
+
+type Responder = dyn Fn(&Value) -> Reply + Send + Sync;
+
+struct Shared {
+    script: Mutex<VecDeque<Reply>>,
+    fallback: Box<Responder>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    next_message_id: AtomicU64,
+}
+
+/// A running fake server; stops accepting when dropped.
+pub struct FakeAnthropic {
+    /// `http://127.0.0.1:<port>`, what `ANTHROPIC_BASE_URL` would hold.
+    pub base_url: String,
+    shared: Arc<Shared>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeAnthropic {
+    /// Answers each request with the next scripted reply; when the script is
+    /// empty, with `Text("echo: <text of the last user message>")`.
+    pub async fn start(script: Vec<Reply>) -> FakeAnthropic {
+        let fake = FakeAnthropic::start_with(echo_last_user_message).await;
+        for reply in script {
+            fake.push(reply);
+        }
+        fake
+    }
+
+    /// Answers every request (after any pushed script) with `responder(body)`.
+    pub async fn start_with(
+        responder: impl Fn(&Value) -> Reply + Send + Sync + 'static,
+    ) -> FakeAnthropic {
+        let shared = Arc::new(Shared {
+            script: Mutex::new(VecDeque::new()),
+            fallback: Box::new(responder),
+            requests: Mutex::new(Vec::new()),
+            next_message_id: AtomicU64::new(1),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake Anthropic server");
+        let address = listener.local_addr().expect("fake server address");
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeAnthropic {
+            base_url: format!("http://{address}"),
+            shared,
+            server,
+        }
+    }
+
+    /// Appends a reply to the script.
+    pub fn push(&self, reply: Reply) {
+        lock(&self.shared.script).push_back(reply);
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.requests).clone()
+    }
+
+    pub fn request_count(&self) -> usize {
+        lock(&self.shared.requests).len()
+    }
+}
+
+impl Drop for FakeAnthropic {
+    fn drop(&mut self) {
+        // Abort rather than shut down gracefully: a scripted long delay must
+        // not keep the server (and its port) alive after the test is done.
+        self.server.abort();
+    }
+}
+
+/// A poisoned lock only means another test thread panicked; the data is
+/// still what was recorded.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn echo_last_user_message(body: &Value) -> Reply {
+    let last_user_text = body["messages"]
+        .as_array()
+        .and_then(|messages| messages.iter().rev().find(|m| m["role"] == "user"))
+        .map(|message| text_of(&message["content"]))
+        .unwrap_or_default();
+    Reply::Text(format!("echo: {last_user_text}"))
+}
+
+/// The text of a content field: a plain string or text blocks.
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(text) => text.clone(),
+        Value::Array(blocks) => blocks
+            .iter()
+            .filter(|block| block["type"] == "text")
+            .filter_map(|block| block["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let json_body: Option<Value> = serde_json::from_slice(&body).ok();
+    let recorded_headers = headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    lock(&shared.requests).push(RecordedRequest {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        headers: recorded_headers,
+        body: json_body.clone().unwrap_or(Value::Null),
+    });
+
+    if let Err(refusal) = check_request(&method, &uri, &headers, json_body.as_ref()) {
+        return refusal;
+    }
+    let body = json_body.unwrap_or(Value::Null);
+    let scripted = lock(&shared.script).pop_front();
+    let mut reply = scripted.unwrap_or_else(|| (shared.fallback)(&body));
+    while let Reply::Delay(delay, then) = reply {
+        tokio::time::sleep(delay).await;
+        reply = *then;
+    }
+    render(&shared, &body, reply)
+}
+
+/// What the real API would refuse before looking at the conversation.
+fn check_request(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Option<&Value>,
+) -> Result<(), Response> {
+    if uri.path() != "/v1/messages" {
+        return Err(error_response(404, "not_found_error", "Not found", None));
+    }
+    if method != Method::POST {
+        return Err(error_response(
+            405,
+            "invalid_request_error",
+            "Method not allowed",
+            None,
+        ));
+    }
+    if !headers.contains_key("anthropic-version") {
+        return Err(error_response(
+            400,
+            "invalid_request_error",
+            "anthropic-version: header is required",
+            None,
+        ));
+    }
+    let api_key = headers.contains_key("x-api-key");
+    let bearer = headers.contains_key("authorization");
+    if api_key == bearer {
+        let message = if api_key {
+            "send either x-api-key or authorization, not both"
+        } else {
+            "x-api-key header is required"
+        };
+        return Err(error_response(401, "authentication_error", message, None));
+    }
+    let Some(body) = body else {
+        return Err(error_response(
+            400,
+            "invalid_request_error",
+            "request body is not valid JSON",
+            None,
+        ));
+    };
+    for field in ["model", "max_tokens", "messages"] {
+        if body.get(field).is_none() {
+            return Err(error_response(
+                400,
+                "invalid_request_error",
+                &format!("{field}: Field required"),
+                None,
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn render(shared: &Shared, request: &Value, reply: Reply) -> Response {
+    match reply {
+        Reply::Text(text) => {
+            let id = shared.next_message_id.fetch_add(1, Ordering::Relaxed);
+            let body = json!({
+                "id": format!("msg_{id}"),
+                "type": "message",
+                "role": "assistant",
+                "model": request["model"],
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": null,
+                "usage": {
+                    "input_tokens": rough_tokens(&request.to_string()),
+                    "output_tokens": rough_tokens(&text),
+                },
+            });
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Reply::Status {
+            code,
+            error_type,
+            message,
+            retry_after,
+        } => error_response(code, &error_type, &message, retry_after.as_deref()),
+        // Unreachable after `handle` unwraps delays; answer at once if nested.
+        Reply::Delay(_, then) => render(shared, request, *then),
+        Reply::MalformedBody => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            r#"{"id":"msg_broken","type":"message","content":[{"type":"te"#,
+        )
+            .into_response(),
+        Reply::Raw { code, body } => (status_code(code), axum::Json(body)).into_response(),
+    }
+}
+
+/// About four characters per token, never zero: realistic enough for usage.
+fn rough_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64 / 4).max(1)
+}
+
+fn status_code(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn error_response(
+    code: u16,
+    error_type: &str,
+    message: &str,
+    retry_after: Option<&str>,
+) -> Response {
+    let body = json!({"type": "error", "error": {"type": error_type, "message": message}});
+    let mut response = (status_code(code), axum::Json(body)).into_response();
+    if let Some(value) = retry_after.and_then(|v| v.parse().ok()) {
+        response.headers_mut().insert("retry-after", value);
+    }
+    response
+}

@@ -1,0 +1,204 @@
+//! Shared test support: the fake Anthropic server, the real Docker engine and
+//! agent image, and throwaway talon homes.
+#![allow(dead_code)]
+
+pub mod fake_anthropic;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use bollard::Docker;
+
+/// The image every Docker test uses, built from this checkout.
+pub const TEST_IMAGE: &str = "talon-agent:test-image";
+
+/// The engine, or `None` (after a notice) when it is unreachable outside CI.
+/// With `CI=true` an unreachable engine fails the test.
+pub async fn docker_or_skip() -> Option<Docker> {
+    let connected = match Docker::connect_with_unix_defaults() {
+        Ok(docker) => docker.negotiate_version().await,
+        Err(error) => Err(error),
+    };
+    let connected = match connected {
+        Ok(docker) => docker.ping().await.map(|_| docker),
+        Err(e) => Err(e),
+    };
+    match connected {
+        Ok(docker) => Some(docker),
+        Err(error) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI=true but the Docker engine is not reachable: {error}");
+            }
+            eprintln!("NOTICE: skipping a Docker test, the engine is not reachable: {error}");
+            None
+        }
+    }
+}
+
+/// Serialises image builds across test threads and test binaries.
+fn build_lock() -> File {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/target/talon-image.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .expect("open the image build lock");
+    fs4::FileExt::lock(&file).expect("take the image build lock");
+    file
+}
+
+/// The engine with the test image built from the current sources.
+pub async fn docker_with_image() -> Option<Docker> {
+    let docker = docker_or_skip().await?;
+    let _lock = build_lock();
+    let mut progress = |line: &str| eprintln!("[image] {line}");
+    talon::image::ensure_image(&docker, TEST_IMAGE, true, &mut progress)
+        .await
+        .unwrap_or_else(|e| panic!("cannot build the test image: {e}"));
+    Some(docker)
+}
+
+/// A throwaway TALON_HOME.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        Home {
+            dir: tempfile::Builder::new()
+                .prefix("talon-test-")
+                .tempdir()
+                .expect("create a temp home"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn paths(&self) -> talon::paths::Paths {
+        talon::paths::Paths::at(self.path())
+    }
+}
+
+/// The environment a test host runs with: the fake model, the test image,
+/// short retry delays, and nothing inherited that could change the outcome.
+pub fn host_env(home: &Path, model_url: &str) -> Vec<(String, String)> {
+    [
+        ("TALON_HOME", home.display().to_string()),
+        ("ANTHROPIC_API_KEY", "sk-ant-test-key".into()),
+        ("ANTHROPIC_BASE_URL", model_url.into()),
+        ("TALON_CONTAINER_IMAGE", TEST_IMAGE.into()),
+        ("TALON_QUEUE_RETRY_BASE", "20ms".into()),
+        ("TALON_PROVIDER_RETRY_BASE", "10ms".into()),
+        ("TALON_CONTAINER_IDLE_TIMEOUT", "5s".into()),
+        ("TZ", "UTC".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// A `talon` command with a clean environment plus `env`.
+pub fn talon(env: &[(String, String)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_talon"));
+    command.env_clear();
+    for key in ["PATH", "HOME", "USER", "DOCKER_HOST"] {
+        if let Ok(value) = std::env::var(key) {
+            command.env(key, value);
+        }
+    }
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    command
+}
+
+/// Runs `talon chat` with `input` on a pipe; gives up after `limit`.
+pub fn piped_chat(env: &[(String, String)], input: &[u8], limit: Duration) -> Output {
+    use std::io::Write;
+    let mut child = talon(env)
+        .arg("chat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn talon chat");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let output = child.wait_with_output().expect("wait for talon chat");
+    let _ = writer.join();
+    drop(watchdog);
+    output
+}
+
+/// The text of the last `<message>` in an XML prompt (what the user typed).
+pub fn last_message_text(prompt: &str) -> String {
+    let end = prompt.rfind("</message>").unwrap_or(prompt.len());
+    let start = prompt[..end].rfind('>').map_or(0, |i| i + 1);
+    prompt[start..end]
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+/// The last user turn's text of an Anthropic request body.
+pub fn last_user_text(body: &serde_json::Value) -> String {
+    body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_array())
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("")
+        })
+        .unwrap_or_default()
+}
+
+/// Names of running containers of a talon home (by its instance label).
+pub fn talon_containers(home: &Path) -> Vec<String> {
+    let instance = talon::docker::instance_id(home);
+    let output = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=talon.instance={instance}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn stdout_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
