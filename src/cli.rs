@@ -116,8 +116,8 @@ async fn prepare_host(
     let lock = crate::singleton::HostLock::acquire(&paths.pid_file())?;
     let docker = crate::docker::connect().await?;
     let mut progress = |line: &str| eprintln!("[image] {line}");
-    let built = crate::image::ensure_image(&docker, &config.container.image, false, &mut progress)
-        .await?;
+    let built =
+        crate::image::ensure_image(&docker, &config.container.image, false, &mut progress).await?;
     if built {
         eprintln!("[image] {} is ready", config.container.image);
     }
@@ -368,8 +368,15 @@ fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsComm
                     .with_context(|| format!("invalid trigger pattern {pattern:?}"))?;
             }
             if main {
-                if let Some(other) = store.groups()?.into_iter().find(|g| g.is_main && g.chat_id != chat_id) {
-                    bail!("{} is already the main group; only one chat can be main", other.chat_id);
+                if let Some(other) = store
+                    .groups()?
+                    .into_iter()
+                    .find(|g| g.is_main && g.chat_id != chat_id)
+                {
+                    bail!(
+                        "{} is already the main group; only one chat can be main",
+                        other.chat_id
+                    );
                 }
             }
             let group = RegisteredGroup {
@@ -416,7 +423,10 @@ async fn dump(paths: &Paths) -> Result<()> {
             break;
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("talon (pid {pid}) did not write {} within 5 s", path.display());
+            bail!(
+                "talon (pid {pid}) did not write {} within 5 s",
+                path.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -1030,7 +1030,7 @@ mod tests {
             cpus = 2
             run_as = "1001:1001"
             [provider]
-            kind = "openai"
+            kind = "anthropic"
             base_url = "http://127.0.0.1:4141"
             [terminal]
             user_name = "Ann"
@@ -1047,7 +1047,7 @@ mod tests {
         assert_eq!(config.container.idle_timeout, Duration::from_secs(300));
         assert_eq!(config.container.cpus, 2.0);
         assert_eq!(config.container.run_as.as_deref(), Some("1001:1001"));
-        assert_eq!(config.provider.kind, "openai");
+        assert_eq!(config.provider.kind, "anthropic");
         assert_eq!(
             config.provider.base_url.as_deref(),
             Some("http://127.0.0.1:4141")
@@ -1258,7 +1258,7 @@ mod tests {
             ),
             (
                 &[("TALON_PROVIDER_KIND", "gemini")],
-                &["provider.kind", "anthropic, openai"],
+                &["provider.kind", "anthropic"],
             ),
             (
                 &[("ANTHROPIC_BASE_URL", "localhost:8080")],

@@ -51,7 +51,10 @@ pub async fn connect() -> Result<Docker, DockerError> {
         .negotiate_version()
         .await
         .map_err(|e| unreachable(e.to_string()))?;
-    docker.ping().await.map_err(|e| unreachable(e.to_string()))?;
+    docker
+        .ping()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
     Ok(docker)
 }
 
@@ -266,7 +269,9 @@ mod tests {
         );
         assert_eq!(main.len(), 4);
         assert!(!main[1].read_only);
-        assert!(main.iter().any(|m| m.container == PROJECT_MOUNT && m.read_only));
+        assert!(main
+            .iter()
+            .any(|m| m.container == PROJECT_MOUNT && m.read_only));
         let other = base_mounts(
             "/g/x".into(),
             "/g/global".into(),
@@ -307,7 +312,11 @@ mod tests {
         assert_eq!(body.user.as_deref(), Some("1000:1000"));
         assert_eq!(
             host.binds.unwrap(),
-            vec!["/g:/workspace/group:rw", "/gl:/workspace/global:ro", "/s:/workspace/session:rw"]
+            vec![
+                "/g:/workspace/group:rw",
+                "/gl:/workspace/global:ro",
+                "/s:/workspace/session:rw"
+            ]
         );
         assert_eq!(body.labels.unwrap()[LABEL_MANAGED], "true");
     }

@@ -115,7 +115,9 @@ impl HostContext {
             .timezone
             .parse()
             .map_err(|_| HostError::Timezone(config.assistant.timezone.clone()))?;
-        let slots = Arc::new(Semaphore::new(config.queue.max_concurrent_containers.max(1)));
+        let slots = Arc::new(Semaphore::new(
+            config.queue.max_concurrent_containers.max(1),
+        ));
         let instance = docker::instance_id(&paths.home);
         Ok(HostContext {
             store,
@@ -253,6 +255,17 @@ fn queue_spec(ctx: &Arc<HostContext>, group: RegisteredGroup) -> ChildSpec {
     }
 }
 
+/// One queue per registered group, as the store has them now.
+fn group_children(ctx: &Arc<HostContext>) -> Vec<ChildSpec> {
+    match ctx.store.groups() {
+        Ok(groups) => groups.into_iter().map(|g| queue_spec(ctx, g)).collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the registered groups");
+            Vec::new()
+        }
+    }
+}
+
 fn router_spec(ctx: &Arc<HostContext>) -> ChildSpec {
     let store = ctx.store.clone();
     let default_trigger = ctx.config.trigger_pattern();
@@ -291,7 +304,10 @@ fn terminal_spec(args: TerminalArgs) -> ChildSpec {
     }
 }
 
-fn supervisor_spec_child(name: &str, spec: impl Fn() -> SupervisorSpec + Send + Sync + 'static) -> ChildSpec {
+fn supervisor_spec_child(
+    name: &str,
+    spec: impl Fn() -> SupervisorSpec + Send + Sync + 'static,
+) -> ChildSpec {
     let child_name = name.to_string();
     ChildSpec {
         name: name.to_string(),
@@ -328,28 +344,29 @@ pub struct Host {
 }
 
 /// Starts the tree. `terminal` adds the terminal channel.
-pub async fn start(ctx: Arc<HostContext>, terminal: Option<TerminalArgs>) -> Result<Host, HostError> {
+pub async fn start(
+    ctx: Arc<HostContext>,
+    terminal: Option<TerminalArgs>,
+) -> Result<Host, HostError> {
     let orphans = remove_orphans(&ctx.docker, &ctx.instance).await;
     if orphans > 0 {
         tracing::warn!(orphans, "removed containers left by a previous host");
     }
-    let groups = ctx
-        .store
-        .groups()
-        .map_err(|e| HostError::Spawn(e.to_string()))?;
-    let group_children: Vec<ChildSpec> = groups.into_iter().map(|g| queue_spec(&ctx, g)).collect();
     let channel_children: Vec<ChildSpec> = terminal.into_iter().map(terminal_spec).collect();
+    let groups_ctx = ctx.clone();
     let spec = SupervisorSpec {
         strategy: Strategy::OneForOne,
         intensity: default_intensity(),
         backoff: default_backoff(),
         children: vec![
             router_spec(&ctx),
+            // Read from the store at every (re)start, so groups registered
+            // at runtime survive a restart of this subtree.
             supervisor_spec_child("groups", move || SupervisorSpec {
                 strategy: Strategy::OneForOne,
                 intensity: default_intensity(),
                 backoff: default_backoff(),
-                children: group_children.clone(),
+                children: group_children(&groups_ctx),
             }),
             supervisor_spec_child("channels", move || SupervisorSpec {
                 strategy: Strategy::OneForOne,
@@ -382,10 +399,10 @@ impl Host {
             .store
             .register_group(&group)
             .map_err(|e| e.to_string())?;
-        if let Some(router) = ractor::registry::where_is(ROUTER.to_string()) {
+        if let Some(router) = ractor::registry::where_is(ROUTER) {
             let _ = router.send_message(RouterMsg::ReloadGroups);
         }
-        let groups = ractor::registry::where_is("groups".to_string())
+        let groups = ractor::registry::where_is("groups")
             .ok_or_else(|| "the groups supervisor is not running".to_string())?;
         let spec = queue_spec(&self.ctx, group);
         groups

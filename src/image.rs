@@ -716,7 +716,13 @@ mod tests {
     fn context_holds_the_rootfs_layout() {
         let tar = context_tar(b"RUNNER".to_vec(), b"BUSYBOX".to_vec()).unwrap();
         let entries = list(&tar);
-        let find = |path: &str| entries.iter().find(|e| e.0 == path).cloned();
+        // Directory entries keep their trailing slash.
+        let find = |path: &str| {
+            entries
+                .iter()
+                .find(|e| e.0.trim_end_matches('/') == path)
+                .cloned()
+        };
         assert_eq!(entries[0].0, "Dockerfile");
         let runner = find("rootfs/usr/local/bin/agent-runner").unwrap();
         assert_eq!((runner.1, runner.2), (tar::EntryType::Regular, 0o755));

@@ -28,9 +28,15 @@ mod tests {
 
     #[test]
     fn internal_spans_are_removed() {
-        assert_eq!(strip_internal("hi <internal>plan</internal>there"), "hi there");
+        assert_eq!(
+            strip_internal("hi <internal>plan</internal>there"),
+            "hi there"
+        );
         assert_eq!(strip_internal("<internal>a</internal>"), "");
-        assert_eq!(strip_internal("a<internal>b</internal>c<internal>d</internal>e"), "ace");
+        assert_eq!(
+            strip_internal("a<internal>b</internal>c<internal>d</internal>e"),
+            "ace"
+        );
         assert_eq!(strip_internal("keep <internal>never closed"), "keep");
         assert_eq!(strip_internal("plain"), "plain");
     }

@@ -491,7 +491,12 @@ impl Store {
     }
 
     /// Queues a notice that completes nothing (e.g. a permanent error).
-    pub fn record_notice(&self, chat_id: &str, group_folder: &str, text: &str) -> Result<OutboxRow> {
+    pub fn record_notice(
+        &self,
+        chat_id: &str,
+        group_folder: &str,
+        text: &str,
+    ) -> Result<OutboxRow> {
         let conn = self.conn()?;
         insert_outbox(
             &conn,
@@ -717,8 +722,12 @@ mod tests {
     #[test]
     fn redelivered_message_is_stored_once() {
         let store = Store::open_in_memory().unwrap();
-        let first = store.insert_message(&message("term:a", "m1", "hi")).unwrap();
-        let again = store.insert_message(&message("term:a", "m1", "hi")).unwrap();
+        let first = store
+            .insert_message(&message("term:a", "m1", "hi"))
+            .unwrap();
+        let again = store
+            .insert_message(&message("term:a", "m1", "hi"))
+            .unwrap();
         assert!(first.is_some());
         assert_eq!(again, None);
         assert_eq!(store.messages_after("term:a", 0, 10).unwrap().len(), 1);
@@ -732,8 +741,14 @@ mod tests {
     #[test]
     fn reply_and_cursor_commit_together_and_never_go_back() {
         let store = Store::open_in_memory().unwrap();
-        let s1 = store.insert_message(&message("c", "1", "a")).unwrap().unwrap();
-        let s2 = store.insert_message(&message("c", "2", "b")).unwrap().unwrap();
+        let s1 = store
+            .insert_message(&message("c", "1", "a"))
+            .unwrap()
+            .unwrap();
+        let s2 = store
+            .insert_message(&message("c", "2", "b"))
+            .unwrap()
+            .unwrap();
         assert_eq!(store.cursor("c").unwrap(), 0);
         let row = store.record_reply("c", "g", "answer", None, s2).unwrap();
         assert_eq!(store.cursor("c").unwrap(), s2);
@@ -748,7 +763,10 @@ mod tests {
     #[test]
     fn failed_batch_is_kept_noticed_and_passed() {
         let store = Store::open_in_memory().unwrap();
-        let s1 = store.insert_message(&message("c", "1", "a")).unwrap().unwrap();
+        let s1 = store
+            .insert_message(&message("c", "1", "a"))
+            .unwrap()
+            .unwrap();
         let batch = FailedBatch {
             chat_id: "c".into(),
             group_folder: "g".into(),

@@ -11,7 +11,10 @@ use support::*;
 /// A fake model that answers `reply to: <what the user typed>`.
 async fn replying_model() -> FakeAnthropic {
     FakeAnthropic::start_with(|body| {
-        Reply::text(format!("reply to: {}", last_message_text(&last_user_text(body))))
+        Reply::text(format!(
+            "reply to: {}",
+            last_message_text(&last_user_text(body))
+        ))
     })
     .await
 }
@@ -20,7 +23,9 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_piped_chat_gets_the_agents_answer() {
-    let Some(_docker) = docker_with_image().await else { return };
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
     let model = replying_model().await;
     let home = Home::new();
     let env = host_env(home.path(), &model.base_url);
@@ -33,7 +38,10 @@ async fn a_piped_chat_gets_the_agents_answer() {
     let requests = model.requests();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].header("x-api-key"), Some("sk-ant-test-key"));
-    assert!(talon_containers(home.path()).is_empty(), "a container was left behind");
+    assert!(
+        talon_containers(home.path()).is_empty(),
+        "a container was left behind"
+    );
     // The run left its log in the group's folder.
     let logs: Vec<_> = std::fs::read_dir(home.path().join("groups/main/logs"))
         .unwrap()
@@ -43,14 +51,15 @@ async fn a_piped_chat_gets_the_agents_answer() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_messages_get_two_answers_in_order() {
-    let Some(_docker) = docker_with_image().await else { return };
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
     let model = replying_model().await;
     let home = Home::new();
     let env = host_env(home.path(), &model.base_url);
-    let output =
-        tokio::task::spawn_blocking(move || piped_chat(&env, b"first\nsecond\n", LIMIT))
-            .await
-            .unwrap();
+    let output = tokio::task::spawn_blocking(move || piped_chat(&env, b"first\nsecond\n", LIMIT))
+        .await
+        .unwrap();
     assert!(output.status.success(), "stderr: {}", stderr_of(&output));
     assert_eq!(stdout_of(&output), "reply to: first\nreply to: second\n");
     // The second message went to the same, still running container (warm
@@ -63,9 +72,14 @@ async fn two_messages_get_two_answers_in_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_empty_line_and_a_one_megabyte_line_are_handled() {
-    let Some(_docker) = docker_with_image().await else { return };
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
     let model = FakeAnthropic::start_with(|body| {
-        Reply::text(format!("got {} bytes", last_message_text(&last_user_text(body)).len()))
+        Reply::text(format!(
+            "got {} bytes",
+            last_message_text(&last_user_text(body)).len()
+        ))
     })
     .await;
     let home = Home::new();
@@ -82,7 +96,9 @@ async fn an_empty_line_and_a_one_megabyte_line_are_handled() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_401_is_one_short_error_line_in_the_chat() {
-    let Some(_docker) = docker_with_image().await else { return };
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
     let model = FakeAnthropic::start_with(|_| {
         Reply::status(401, "authentication_error", "invalid x-api-key")
     })
@@ -104,7 +120,9 @@ async fn a_401_is_one_short_error_line_in_the_chat() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_429_is_retried_and_then_answered() {
-    let Some(_docker) = docker_with_image().await else { return };
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
     let model = replying_model().await;
     model.push(Reply::rate_limited(Some("0")));
     let home = Home::new();
@@ -119,7 +137,9 @@ async fn a_429_is_retried_and_then_answered() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_500_that_persists_ends_in_an_error_line_after_retries() {
-    let Some(_docker) = docker_with_image().await else { return };
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
     let model = FakeAnthropic::start_with(|_| Reply::internal_error()).await;
     let home = Home::new();
     let mut env = host_env(home.path(), &model.base_url);
@@ -157,7 +177,10 @@ fn no_credentials_is_one_clear_line() {
 fn an_unreachable_docker_engine_is_one_clear_line() {
     let home = Home::new();
     let mut env = host_env(home.path(), "http://127.0.0.1:9");
-    env.push(("DOCKER_HOST".into(), "unix:///nonexistent/docker.sock".into()));
+    env.push((
+        "DOCKER_HOST".into(),
+        "unix:///nonexistent/docker.sock".into(),
+    ));
     let output = talon(&env)
         .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .arg("chat")

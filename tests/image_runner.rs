@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ async fn docker() -> Option<Docker> {
         Ok(docker) => Some(docker),
         Err(error) => {
             if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true but the Docker engine is not reachable at /var/run/docker.sock: {error}");
+                panic!("CI=true but the Docker engine is not reachable (DOCKER_HOST or /var/run/docker.sock): {error}");
             }
             eprintln!("NOTICE: skipping image tests, the Docker engine is not reachable: {error}");
             None
@@ -55,13 +55,19 @@ fn build_lock() -> File {
     file
 }
 
-/// Makes sure the test image is current; returns whether this call built it.
-async fn ensure_test_image(docker: &Docker) -> bool {
+/// Makes sure the test image is current, once per test binary: each check
+/// runs cargo, which waits for any other cargo using the target directory.
+async fn ensure_test_image(docker: &Docker) {
+    static ENSURED: AtomicBool = AtomicBool::new(false);
     let _lock = build_lock();
+    if ENSURED.load(Ordering::SeqCst) {
+        return;
+    }
     let mut progress = |line: &str| eprintln!("[build] {line}");
     ensure_image(docker, TEST_IMAGE, true, &mut progress)
         .await
-        .unwrap_or_else(|e| panic!("ensure_image failed: {e}"))
+        .unwrap_or_else(|e| panic!("ensure_image failed: {e}"));
+    ENSURED.store(true, Ordering::SeqCst);
 }
 
 /// Sets up the engine and the image; `None` means skip.

@@ -112,8 +112,13 @@ impl ContainerActor {
     async fn launch(
         args: &ContainerArgs,
         myself: &ActorRef<ContainerMsg>,
-    ) -> Result<(std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>, Vec<JoinHandle<()>>), String>
-    {
+    ) -> Result<
+        (
+            std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+            Vec<JoinHandle<()>>,
+        ),
+        String,
+    > {
         let docker = &args.docker;
         let name = &args.spec.name;
         let options = CreateContainerOptionsBuilder::default().name(name).build();
@@ -455,12 +460,15 @@ impl Actor for ContainerActor {
         // runner finish gracefully for a moment, then never leave it running.
         if state.exit_code.is_none() && !state.removed {
             Self::close(state).await;
-            let mut wait = state.args.docker.wait_container(&state.args.spec.name, None);
+            let mut wait = state
+                .args
+                .docker
+                .wait_container(&state.args.spec.name, None);
             let code = match tokio::time::timeout(CLOSE_GRACE, wait.next()).await {
                 Ok(Some(Ok(response))) => Some(response.status_code),
-                Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => {
-                    Some(code)
-                }
+                Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError {
+                    code, ..
+                }))) => Some(code),
                 _ => None,
             };
             state.exit_code = Some(code);
@@ -475,7 +483,11 @@ impl Actor for ContainerActor {
 /// Splits the attached output into protocol lines; stderr goes to the log.
 async fn read_output(
     mut output: std::pin::Pin<
-        Box<dyn futures::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send>,
+        Box<
+            dyn futures::Stream<
+                    Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+                > + Send,
+        >,
     >,
     actor: ActorRef<ContainerMsg>,
 ) {
@@ -597,7 +609,10 @@ mod tests {
                 Line::Complete(b"{\"b\":2}".to_vec())
             ]
         );
-        assert_eq!(buffer.push(b"ial\n"), vec![Line::Complete(b"partial".to_vec())]);
+        assert_eq!(
+            buffer.push(b"ial\n"),
+            vec![Line::Complete(b"partial".to_vec())]
+        );
         assert_eq!(buffer.push(b"\n"), vec![Line::Complete(Vec::new())]);
     }
 

@@ -15,8 +15,8 @@ use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::actors::container::{ContainerActor, ContainerArgs, ContainerEvent, ContainerMsg};
-use crate::messages::channel::{channel_name, ChannelMsg};
 use crate::host::HostContext;
+use crate::messages::channel::{channel_name, ChannelMsg};
 use crate::messages::wire::{ErrorKind, RunStatus, StartRun, PROTOCOL_VERSION};
 use crate::messages::{RegisteredGroup, StoredMessage};
 use crate::retry::{failure_notice, on_batch_failure, FailureDecision};
@@ -78,7 +78,8 @@ pub struct GroupQueue;
 /// must be cleared and the batch retried fresh).
 pub fn is_stale_session_error(error: &str) -> bool {
     let e = error.to_ascii_lowercase();
-    e.contains("session") && (e.contains("not found") || e.contains("unknown") || e.contains("missing"))
+    e.contains("session")
+        && (e.contains("not found") || e.contains("unknown") || e.contains("missing"))
 }
 
 impl GroupQueue {
@@ -275,7 +276,10 @@ impl GroupQueue {
                     reason: reason.clone(),
                     failed_at: crate::store::now_millis(),
                 };
-                let row = state.ctx.store.fail_batch(&failed, &failure_notice(&reason))?;
+                let row = state
+                    .ctx
+                    .store
+                    .fail_batch(&failed, &failure_notice(&reason))?;
                 deliver_row(row);
                 Self::settle(state, batch.through_seq);
             }
@@ -443,7 +447,11 @@ impl Actor for GroupQueue {
             GroupQueueMsg::Container(event) => Self::on_event(&myself, state, event).await?,
             GroupQueueMsg::Inspect(reply) => {
                 let cursor = state.ctx.store.cursor(&state.group.chat_id).unwrap_or(-1);
-                let latest = state.ctx.store.latest_seq(&state.group.chat_id).unwrap_or(-1);
+                let latest = state
+                    .ctx
+                    .store
+                    .latest_seq(&state.group.chat_id)
+                    .unwrap_or(-1);
                 let _ = reply.send(json!({
                     "group": state.group.folder,
                     "chat": state.group.chat_id,
@@ -515,7 +523,9 @@ mod tests {
 
     #[test]
     fn stale_session_errors_are_recognised() {
-        assert!(is_stale_session_error("No conversation found with session ID abc: session not found"));
+        assert!(is_stale_session_error(
+            "No conversation found with session ID abc: session not found"
+        ));
         assert!(is_stale_session_error("Session transcript missing"));
         assert!(is_stale_session_error("unknown session id"));
         assert!(!is_stale_session_error("rate limited"));

@@ -79,7 +79,10 @@ impl Router {
         Ok(())
     }
 
-    fn route(state: &mut RouterState, message: InboundMessage) -> Result<Routed, ActorProcessingErr> {
+    fn route(
+        state: &mut RouterState,
+        message: InboundMessage,
+    ) -> Result<Routed, ActorProcessingErr> {
         if state.store.insert_message(&message)?.is_none() {
             state.duplicates += 1;
             return Ok(Routed::Duplicate);
@@ -108,7 +111,9 @@ impl Router {
                     tracing::warn!(queue = %name, "queue not accepting; it will recover from the store");
                 }
             }
-            None => tracing::warn!(queue = %name, "queue not running; it will recover from the store"),
+            None => {
+                tracing::warn!(queue = %name, "queue not running; it will recover from the store")
+            }
         }
         state.woke += 1;
         Ok(Routed::WokeGroup(group.folder.clone()))

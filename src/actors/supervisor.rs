@@ -124,7 +124,9 @@ impl fmt::Debug for Backoff {
 }
 
 /// Starts one child. It receives the supervisor's cell and must spawn the
-/// child linked to it, returning the child's cell.
+/// child linked to it (e.g. `Actor::spawn_linked(Some(name), actor, args,
+/// supervisor)`), returning the child's cell. It runs inside the supervisor,
+/// so it must not wait on the supervisor itself.
 pub type StartFn =
     Arc<dyn Fn(ActorCell) -> BoxFuture<'static, Result<ActorCell, SpawnErr>> + Send + Sync>;
 
@@ -197,12 +199,15 @@ pub struct SupervisorSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartToken(u64);
 
+/// What a supervisor is asked to do (besides the supervision events ractor
+/// delivers from its children).
 pub enum SupervisorMsg {
     /// Adds a dynamic child (e.g. a new group's queue). A name already
     /// supervised is an error; a child that fails to start is not added.
     StartChild(ChildSpec, Option<RpcReplyPort<Result<(), String>>>),
     /// Stops a child and forgets it (no restart).
     StopChild(String),
+    /// Asks for the supervisor's current state.
     Inspect(RpcReplyPort<SupervisorReport>),
     /// A restart whose backoff has elapsed (sent by the supervisor to itself).
     #[doc(hidden)]
@@ -217,6 +222,7 @@ pub struct SupervisorReport {
     pub restarts_in_window: u32,
 }
 
+/// One child in a [`SupervisorReport`].
 #[derive(Debug, Clone, Serialize)]
 pub struct ChildReport {
     pub name: String,
@@ -360,6 +366,7 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The supervisor's private state (ractor needs the type to be public).
 pub struct SupervisorState {
     strategy: Strategy,
     intensity: Intensity,
@@ -1251,6 +1258,9 @@ mod tests {
         let probe = Probe::default();
         let spec = SupervisorSpec {
             intensity: intensity(3, 60),
+            // A real delay lets paused time advance, so a missing intensity
+            // check fails on the timeout below instead of spinning forever.
+            backoff: Backoff::sequence(vec![Duration::from_millis(1)]),
             ..spec(
                 Strategy::OneForOne,
                 vec![worker(&name, Restart::Permanent, &probe)],

@@ -169,18 +169,18 @@ pub fn spawn_input(
 async fn submit(message: InboundMessage) {
     let mut message = Some(message);
     for _ in 0..600 {
-        if let Some(router) = ractor::registry::where_is(ROUTER.to_string()) {
+        if let Some(router) = ractor::registry::where_is(ROUTER) {
             if let Some(m) = message.take() {
                 match router.send_message(RouterMsg::Inbound(m)) {
                     Ok(()) => return,
-                    Err(ractor::MessagingErr::SendErr(RouterMsg::Inbound(m))) => {
-                        message = Some(m)
-                    }
+                    Err(ractor::MessagingErr::SendErr(RouterMsg::Inbound(m))) => message = Some(m),
                     Err(_) => return,
                 }
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    tracing::error!("the router did not come back within 30 s; a terminal message was not submitted");
+    tracing::error!(
+        "the router did not come back within 30 s; a terminal message was not submitted"
+    );
 }

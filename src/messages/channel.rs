@@ -18,6 +18,9 @@ pub enum ChannelMsg {
     Deliver(OutboxRow),
     /// The agent finished with a chat's messages through `through_seq`
     /// (answered, or given up on with a notice).
-    Settled { chat_id: String, through_seq: i64 },
+    Settled {
+        chat_id: String,
+        through_seq: i64,
+    },
     Inspect(ractor::RpcReplyPort<serde_json::Value>),
 }

@@ -236,7 +236,7 @@ async fn handle(
         body: json_body.clone().unwrap_or(Value::Null),
     });
 
-    if let Err(refusal) = check_request(&method, &uri, &headers, json_body.as_ref()) {
+    if let Some(refusal) = refusal_for(&method, &uri, &headers, json_body.as_ref()) {
         return refusal;
     }
     let body = json_body.unwrap_or(Value::Null);
@@ -250,17 +250,17 @@ async fn handle(
 }
 
 /// What the real API would refuse before looking at the conversation.
-fn check_request(
+fn refusal_for(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: Option<&Value>,
-) -> Result<(), Response> {
+) -> Option<Response> {
     if uri.path() != "/v1/messages" {
-        return Err(error_response(404, "not_found_error", "Not found", None));
+        return Some(error_response(404, "not_found_error", "Not found", None));
     }
     if method != Method::POST {
-        return Err(error_response(
+        return Some(error_response(
             405,
             "invalid_request_error",
             "Method not allowed",
@@ -268,7 +268,7 @@ fn check_request(
         ));
     }
     if !headers.contains_key("anthropic-version") {
-        return Err(error_response(
+        return Some(error_response(
             400,
             "invalid_request_error",
             "anthropic-version: header is required",
@@ -283,10 +283,10 @@ fn check_request(
         } else {
             "x-api-key header is required"
         };
-        return Err(error_response(401, "authentication_error", message, None));
+        return Some(error_response(401, "authentication_error", message, None));
     }
     let Some(body) = body else {
-        return Err(error_response(
+        return Some(error_response(
             400,
             "invalid_request_error",
             "request body is not valid JSON",
@@ -295,7 +295,7 @@ fn check_request(
     };
     for field in ["model", "max_tokens", "messages"] {
         if body.get(field).is_none() {
-            return Err(error_response(
+            return Some(error_response(
                 400,
                 "invalid_request_error",
                 &format!("{field}: Field required"),
@@ -303,7 +303,7 @@ fn check_request(
             ));
         }
     }
-    Ok(())
+    None
 }
 
 fn render(shared: &Shared, request: &Value, reply: Reply) -> Response {

@@ -1,0 +1,281 @@
+//! The host's actor tree in-process: routing rules, recovery of a killed
+//! actor, and the state dump — with the real engine and image.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use support::fake_anthropic::{FakeAnthropic, Reply};
+use support::*;
+use talon::actors::router::{RouterMsg, ROUTER};
+use talon::actors::terminal::{TerminalArgs, TerminalOutput, TERMINAL_CHAT};
+use talon::config::Config;
+use talon::host::{self, Host, HostContext};
+use talon::messages::{InboundMessage, RegisteredGroup};
+use talon::store::Store;
+use tokio::sync::{mpsc, Semaphore};
+
+/// Actor names are process-wide: one host per test at a time.
+static ONE_HOST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const REPLY_WAIT: Duration = Duration::from_secs(60);
+
+struct TestHost {
+    host: Option<Host>,
+    replies: mpsc::UnboundedReceiver<TerminalOutput>,
+    store: Store,
+    _home: Home,
+}
+
+fn group(chat: &str, folder: &str, main: bool, requires_trigger: bool) -> RegisteredGroup {
+    RegisteredGroup {
+        chat_id: chat.into(),
+        name: folder.into(),
+        folder: folder.into(),
+        trigger_pattern: None,
+        requires_trigger,
+        is_main: main,
+        container_config: None,
+        added_at: 1,
+    }
+}
+
+async fn start_host(
+    docker: bollard::Docker,
+    model: &FakeAnthropic,
+    groups: &[RegisteredGroup],
+) -> TestHost {
+    let home = Home::new();
+    let paths = home.paths();
+    paths.ensure().unwrap();
+    let env = host_env(home.path(), &model.base_url);
+    let config = Config::from_sources(None, "test", &[], &env).unwrap();
+    let provider = host::build_provider(&config, &paths).unwrap();
+    let store = Store::open(&paths.db()).unwrap();
+    for g in groups {
+        store.register_group(g).unwrap();
+    }
+    let ctx = HostContext::new(store.clone(), config, paths, docker, provider).unwrap();
+    let (tx, replies) = mpsc::unbounded_channel();
+    let terminal = TerminalArgs {
+        store: store.clone(),
+        chat_id: TERMINAL_CHAT.into(),
+        output: tx,
+        gate: Arc::new(Semaphore::new(1)),
+    };
+    let host = host::start(Arc::new(ctx), Some(terminal)).await.unwrap();
+    TestHost {
+        host: Some(host),
+        replies,
+        store,
+        _home: home,
+    }
+}
+
+impl TestHost {
+    async fn stop(mut self) {
+        if let Some(host) = self.host.take() {
+            host.shutdown().await;
+        }
+    }
+
+    async fn next_reply(&mut self) -> TerminalOutput {
+        tokio::time::timeout(REPLY_WAIT, self.replies.recv())
+            .await
+            .expect("a reply in time")
+            .expect("the terminal channel is open")
+    }
+}
+
+fn router() -> ActorRef<RouterMsg> {
+    ractor::registry::where_is(ROUTER)
+        .expect("router running")
+        .into()
+}
+
+fn message(chat: &str, id: &str, text: &str) -> InboundMessage {
+    InboundMessage {
+        chat_id: chat.into(),
+        platform_msg_id: id.into(),
+        sender_id: "u1".into(),
+        sender_name: "Ann".into(),
+        content: text.into(),
+        timestamp: talon::store::now_millis(),
+        is_from_me: false,
+        is_bot_message: false,
+        reply_to: None,
+        thread_id: None,
+    }
+}
+
+async fn replying_model() -> FakeAnthropic {
+    FakeAnthropic::start_with(|body| {
+        Reply::text(format!(
+            "reply to: {}",
+            last_message_text(&last_user_text(body))
+        ))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unregistered_chats_are_stored_and_untriggered_messages_wait_as_context() {
+    let _one = ONE_HOST.lock().await;
+    let Some(docker) = docker_with_image().await else {
+        return;
+    };
+    let model = replying_model().await;
+    let groups = [
+        group(TERMINAL_CHAT, "main", true, false),
+        group("term:family", "family", false, true),
+    ];
+    let mut host = start_host(docker, &model, &groups).await;
+
+    router()
+        .cast(RouterMsg::Inbound(message("term:stranger", "s1", "hello?")))
+        .unwrap();
+    router()
+        .cast(RouterMsg::Inbound(message(
+            "term:family",
+            "f1",
+            "just chatting",
+        )))
+        .unwrap();
+    // The main chat needs no trigger; its reply is the barrier for the above.
+    router()
+        .cast(RouterMsg::Inbound(message(TERMINAL_CHAT, "m1", "ping")))
+        .unwrap();
+    assert_eq!(
+        host.next_reply().await,
+        TerminalOutput::Reply("reply to: ping".into())
+    );
+    assert_eq!(
+        model.request_count(),
+        1,
+        "only the main chat may reach the model"
+    );
+    assert_eq!(
+        host.store
+            .messages_after("term:stranger", 0, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(host.store.cursor("term:family").unwrap(), 0);
+
+    // The trigger wakes the family group; the earlier message rides along as context.
+    router()
+        .cast(RouterMsg::Inbound(message(
+            "term:family",
+            "f2",
+            "@talon what's up",
+        )))
+        .unwrap();
+    assert_eq!(
+        host.next_reply().await,
+        TerminalOutput::Reply("reply to: @talon what's up".into())
+    );
+    let requests = model.requests();
+    let prompt = last_user_text(&requests.last().unwrap().body);
+    assert!(
+        prompt.contains("just chatting"),
+        "context missing: {prompt}"
+    );
+    assert_eq!(model.request_count(), 2);
+
+    // A redelivered event (same platform id) is not answered twice.
+    router()
+        .cast(RouterMsg::Inbound(message(
+            "term:family",
+            "f2",
+            "@talon what's up",
+        )))
+        .unwrap();
+    router()
+        .cast(RouterMsg::Inbound(message(
+            TERMINAL_CHAT,
+            "m2",
+            "still there?",
+        )))
+        .unwrap();
+    assert_eq!(
+        host.next_reply().await,
+        TerminalOutput::Reply("reply to: still there?".into())
+    );
+    assert_eq!(model.request_count(), 3);
+    host.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_router_is_restarted_and_the_tree_is_dumped() {
+    let _one = ONE_HOST.lock().await;
+    let Some(docker) = docker_with_image().await else {
+        return;
+    };
+    let model = replying_model().await;
+    let mut host = start_host(docker, &model, &[group(TERMINAL_CHAT, "main", true, false)]).await;
+
+    let first = router();
+    first.get_cell().kill();
+    // The supervisor restarts it under the same name (a new actor id).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        if let Some(cell) = ractor::registry::where_is(ROUTER) {
+            if cell.get_id() != first.get_id() {
+                break ActorRef::<RouterMsg>::from(cell);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "router was not restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    second
+        .cast(RouterMsg::Inbound(message(
+            TERMINAL_CHAT,
+            "m1",
+            "after restart",
+        )))
+        .unwrap();
+    assert_eq!(
+        host.next_reply().await,
+        TerminalOutput::Reply("reply to: after restart".into())
+    );
+
+    let path = host.host.as_ref().unwrap().write_dump().await.unwrap();
+    let dump: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let tree = &dump["tree"];
+    assert_eq!(tree["name"], "talon");
+    let names: Vec<&str> = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["channels", "groups", "router"]);
+    let root_children = tree["state"]["children"].as_array().unwrap();
+    let router_report = root_children
+        .iter()
+        .find(|c| c["name"] == "router")
+        .unwrap();
+    assert_eq!(router_report["restarts"], 1);
+    let groups = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "groups")
+        .unwrap();
+    let queue = &groups["children"][0];
+    assert_eq!(queue["name"], "queue:main");
+    assert_eq!(queue["state"]["cursor"], 1);
+    let text = dump.to_string();
+    assert!(
+        !text.contains("sk-ant-test-key"),
+        "a secret reached the dump"
+    );
+    host.stop().await;
+}
