@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use bollard::Docker;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 
 use crate::actors::group_queue::{queue_name, GroupQueue, GroupQueueArgs};
@@ -235,24 +235,13 @@ pub async fn remove_orphans(docker: &Docker, instance: &str) -> usize {
 
 fn queue_spec(ctx: &Arc<HostContext>, group: RegisteredGroup) -> ChildSpec {
     let ctx = ctx.clone();
-    let name = queue_name(&group.folder);
-    let child_name = name.clone();
-    ChildSpec {
-        name,
-        restart: Restart::Permanent,
-        start: Arc::new(move |supervisor| {
-            let args = GroupQueueArgs {
-                group: group.clone(),
-                ctx: ctx.clone(),
-            };
-            let name = child_name.clone();
-            Box::pin(async move {
-                let (actor, _) =
-                    Actor::spawn_linked(Some(name), GroupQueue, args, supervisor).await?;
-                Ok(actor.get_cell())
-            })
-        }),
-    }
+    ChildSpec::actor(&queue_name(&group.folder), Restart::Permanent, move || {
+        let args = GroupQueueArgs {
+            group: group.clone(),
+            ctx: ctx.clone(),
+        };
+        (GroupQueue, args)
+    })
 }
 
 /// One queue per registered group, as the store has them now.
@@ -269,58 +258,19 @@ fn group_children(ctx: &Arc<HostContext>) -> Vec<ChildSpec> {
 fn router_spec(ctx: &Arc<HostContext>) -> ChildSpec {
     let store = ctx.store.clone();
     let default_trigger = ctx.config.trigger_pattern();
-    ChildSpec {
-        name: ROUTER.into(),
-        restart: Restart::Permanent,
-        start: Arc::new(move |supervisor| {
-            let args = RouterArgs {
-                store: store.clone(),
-                default_trigger: default_trigger.clone(),
-            };
-            Box::pin(async move {
-                let (actor, _) =
-                    Actor::spawn_linked(Some(ROUTER.into()), Router, args, supervisor).await?;
-                Ok(actor.get_cell())
-            })
-        }),
-    }
+    ChildSpec::actor(ROUTER, Restart::Permanent, move || {
+        let args = RouterArgs {
+            store: store.clone(),
+            default_trigger: default_trigger.clone(),
+        };
+        (Router, args)
+    })
 }
 
 fn terminal_spec(args: TerminalArgs) -> ChildSpec {
-    let name = channel_name("term");
-    let child_name = name.clone();
-    ChildSpec {
-        name,
-        restart: Restart::Permanent,
-        start: Arc::new(move |supervisor| {
-            let args = args.clone();
-            let name = child_name.clone();
-            Box::pin(async move {
-                let (actor, _) =
-                    Actor::spawn_linked(Some(name), TerminalChannel, args, supervisor).await?;
-                Ok(actor.get_cell())
-            })
-        }),
-    }
-}
-
-fn supervisor_spec_child(
-    name: &str,
-    spec: impl Fn() -> SupervisorSpec + Send + Sync + 'static,
-) -> ChildSpec {
-    let child_name = name.to_string();
-    ChildSpec {
-        name: name.to_string(),
-        restart: Restart::Permanent,
-        start: Arc::new(move |parent| {
-            let name = child_name.clone();
-            let spec = spec();
-            Box::pin(async move {
-                let (actor, _) = spawn_supervisor(&name, spec, Some(parent)).await?;
-                Ok(actor.get_cell())
-            })
-        }),
-    }
+    ChildSpec::actor(&channel_name("term"), Restart::Permanent, move || {
+        (TerminalChannel, args.clone())
+    })
 }
 
 /// Restart policy shared by the host's subtrees: a few quick restarts are
@@ -362,13 +312,13 @@ pub async fn start(
             router_spec(&ctx),
             // Read from the store at every (re)start, so groups registered
             // at runtime survive a restart of this subtree.
-            supervisor_spec_child("groups", move || SupervisorSpec {
+            ChildSpec::supervisor("groups", Restart::Permanent, move || SupervisorSpec {
                 strategy: Strategy::OneForOne,
                 intensity: default_intensity(),
                 backoff: default_backoff(),
                 children: group_children(&groups_ctx),
             }),
-            supervisor_spec_child("channels", move || SupervisorSpec {
+            ChildSpec::supervisor("channels", Restart::Permanent, move || SupervisorSpec {
                 strategy: Strategy::OneForOne,
                 intensity: default_intensity(),
                 backoff: default_backoff(),

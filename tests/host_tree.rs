@@ -6,10 +6,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::ActorRef;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use support::fake_anthropic::{FakeAnthropic, Reply};
 use support::*;
 use talon::actors::router::{RouterMsg, ROUTER};
+use talon::actors::supervisor::{ChildSpec, Restart, SupervisorMsg};
 use talon::actors::terminal::{TerminalArgs, TerminalOutput, TERMINAL_CHAT};
 use talon::config::Config;
 use talon::host::{self, Host, HostContext};
@@ -276,6 +279,85 @@ async fn a_killed_router_is_restarted_and_the_tree_is_dumped() {
     assert!(
         !text.contains("sk-ant-test-key"),
         "a secret reached the dump"
+    );
+    host.stop().await;
+}
+
+/// An actor that panics when told to: a stand-in for a bug in any handler.
+struct Fragile(Arc<AtomicU32>);
+
+impl Actor for Fragile {
+    type Msg = ();
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn handle(&self, _: ActorRef<()>, _: (), _: &mut ()) -> Result<(), ActorProcessingErr> {
+        panic!("a bug in a handler");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_actor_in_the_tree_is_restarted_and_the_host_keeps_serving() {
+    let _one = ONE_HOST.lock().await;
+    let Some(docker) = docker_with_image().await else {
+        return;
+    };
+    let model = replying_model().await;
+    let mut host = start_host(docker, &model, &[group(TERMINAL_CHAT, "main", true, false)]).await;
+
+    let starts = Arc::new(AtomicU32::new(0));
+    let counter = starts.clone();
+    let spec = ChildSpec::actor("fragile", Restart::Permanent, move || {
+        (Fragile(counter.clone()), ())
+    });
+    let channels: ActorRef<SupervisorMsg> = ractor::registry::where_is("channels").unwrap().into();
+    let added = ractor::call!(channels, |reply| SupervisorMsg::StartChild(
+        spec,
+        Some(reply)
+    ))
+    .unwrap();
+    assert_eq!(added, Ok(()));
+    assert_eq!(starts.load(Ordering::SeqCst), 1);
+
+    let fragile: ActorRef<()> = ractor::registry::where_is("fragile").unwrap().into();
+    fragile.cast(()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while starts.load(Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the panicking actor was not restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = ractor::call!(channels, SupervisorMsg::Inspect).unwrap();
+    let fragile_report = report
+        .children
+        .iter()
+        .find(|c| c.name == "fragile")
+        .unwrap();
+    assert_eq!(fragile_report.restarts, 1);
+    assert!(fragile_report
+        .last_failure
+        .as_deref()
+        .unwrap_or("")
+        .contains("a bug in a handler"));
+
+    // The rest of the tree never noticed.
+    router()
+        .cast(RouterMsg::Inbound(message(
+            TERMINAL_CHAT,
+            "m1",
+            "still fine?",
+        )))
+        .unwrap();
+    assert_eq!(
+        host.next_reply().await,
+        TerminalOutput::Reply("reply to: still fine?".into())
     );
     host.stop().await;
 }

@@ -21,6 +21,7 @@ use crate::messages::wire::{ErrorKind, RunStatus, StartRun, PROTOCOL_VERSION};
 use crate::messages::{RegisteredGroup, StoredMessage};
 use crate::retry::{failure_notice, on_batch_failure, FailureDecision};
 use crate::store::{FailedBatch, OutboxRow};
+use crate::trigger::{wakes_agent, Trigger};
 
 /// The registry name of a group's queue actor.
 pub fn queue_name(folder: &str) -> String {
@@ -61,6 +62,7 @@ struct Running {
 
 pub struct GroupQueueState {
     group: RegisteredGroup,
+    trigger: Trigger,
     ctx: Arc<HostContext>,
     running: Option<Running>,
     waiting_for_slot: bool,
@@ -74,6 +76,28 @@ pub struct GroupQueueState {
 
 pub struct GroupQueue;
 
+/// How many pending messages a queue looks through for one that wakes the agent.
+const PENDING_SCAN: usize = 10_000;
+
+/// Picks the next batch from the messages after the cursor (oldest first).
+/// Nothing, unless one of them wakes the agent. Messages are requests in
+/// chunks of `limit`; when the first waking message lies further back than
+/// `limit`, the batch is the `limit` messages ending at it (older ones were
+/// only chatter, kept in the store, never requests).
+pub fn select_batch(
+    pending: &[StoredMessage],
+    limit: usize,
+    wakes: impl Fn(&StoredMessage) -> bool,
+) -> Option<&[StoredMessage]> {
+    let limit = limit.max(1);
+    let first_waking = pending.iter().position(wakes)?;
+    if first_waking < limit {
+        Some(&pending[..limit.min(pending.len())])
+    } else {
+        Some(&pending[first_waking + 1 - limit..=first_waking])
+    }
+}
+
 /// Whether a run failure says the agent's session is gone (the session id
 /// must be cleared and the batch retried fresh).
 pub fn is_stale_session_error(error: &str) -> bool {
@@ -83,13 +107,28 @@ pub fn is_stale_session_error(error: &str) -> bool {
 }
 
 impl GroupQueue {
+    /// The next batch to run, if anything after the cursor should wake the agent.
     fn next_batch(state: &GroupQueueState) -> Result<Vec<StoredMessage>, ActorProcessingErr> {
         let cursor = state.ctx.store.cursor(&state.group.chat_id)?;
-        Ok(state.ctx.store.messages_after(
-            &state.group.chat_id,
-            cursor,
+        let pending = state
+            .ctx
+            .store
+            .messages_after(&state.group.chat_id, cursor, PENDING_SCAN)?;
+        let group = &state.group;
+        let batch = select_batch(
+            &pending,
             state.ctx.config.queue.max_messages_per_prompt,
-        )?)
+            |m| {
+                !m.is_bot_message
+                    && wakes_agent(
+                        group.is_main,
+                        group.requires_trigger,
+                        &state.trigger,
+                        &m.content,
+                    )
+            },
+        );
+        Ok(batch.map(<[StoredMessage]>::to_vec).unwrap_or_default())
     }
 
     fn prompt_for(state: &GroupQueueState, batch: &[StoredMessage]) -> String {
@@ -414,7 +453,21 @@ impl Actor for GroupQueue {
         );
         // Recovery: whatever is after the cursor is looked at right away.
         myself.cast(GroupQueueMsg::Wake)?;
+        let pattern = args
+            .group
+            .trigger_pattern
+            .clone()
+            .unwrap_or_else(|| args.ctx.config.trigger_pattern());
+        let trigger = match Trigger::new(&pattern) {
+            Ok(trigger) => trigger,
+            Err(e) => {
+                tracing::error!(group = %args.group.folder, %pattern, error = %e,
+                    "invalid trigger pattern; the default is used");
+                Trigger::new(&args.ctx.config.trigger_pattern())?
+            }
+        };
         Ok(GroupQueueState {
+            trigger,
             group: args.group,
             ctx: args.ctx,
             running: None,
@@ -520,6 +573,67 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pending(texts: &[&str]) -> Vec<StoredMessage> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| StoredMessage {
+                seq: i as i64 + 1,
+                chat_id: "c".into(),
+                platform_msg_id: i.to_string(),
+                sender_id: "u".into(),
+                sender_name: "U".into(),
+                content: text.to_string(),
+                timestamp: 0,
+                is_from_me: false,
+                is_bot_message: false,
+                reply_to: None,
+                thread_id: None,
+            })
+            .collect()
+    }
+
+    fn seqs(batch: Option<&[StoredMessage]>) -> Option<Vec<i64>> {
+        batch.map(|b| b.iter().map(|m| m.seq).collect())
+    }
+
+    #[test]
+    fn chatter_alone_wakes_nothing() {
+        let msgs = pending(&["hi", "lol"]);
+        assert_eq!(
+            seqs(select_batch(&msgs, 10, |m| m.content.starts_with('@'))),
+            None
+        );
+    }
+
+    #[test]
+    fn a_trigger_takes_the_context_before_it() {
+        let msgs = pending(&["a", "b", "@t go", "c"]);
+        assert_eq!(
+            seqs(select_batch(&msgs, 10, |m| m.content.starts_with('@'))),
+            Some(vec![1, 2, 3, 4])
+        );
+    }
+
+    #[test]
+    fn requests_are_served_in_chunks_oldest_first() {
+        let msgs = pending(&["1", "2", "3", "4", "5"]);
+        assert_eq!(seqs(select_batch(&msgs, 2, |_| true)), Some(vec![1, 2]));
+    }
+
+    #[test]
+    fn a_late_trigger_keeps_only_the_latest_context() {
+        let msgs = pending(&["a", "b", "c", "d", "@t now"]);
+        assert_eq!(
+            seqs(select_batch(&msgs, 2, |m| m.content.starts_with('@'))),
+            Some(vec![4, 5])
+        );
+        assert_eq!(
+            seqs(select_batch(&msgs, 0, |m| m.content.starts_with('@'))),
+            Some(vec![5])
+        );
+    }
 
     #[test]
     fn stale_session_errors_are_recognised() {
