@@ -37,6 +37,32 @@ pub fn register(cell: &ActorCell, kind: &'static str, inspector: Option<Inspecto
     }
 }
 
+/// Registers an actor whose message type has an `Inspect(reply)` variant:
+/// `inspect` builds that message. Called from `pre_start`.
+pub fn register_inspectable<M>(
+    actor: &ractor::ActorRef<M>,
+    kind: &'static str,
+    inspect: fn(ractor::RpcReplyPort<Value>) -> M,
+) where
+    M: ractor::Message,
+{
+    let actor = actor.clone();
+    let cell = actor.get_cell();
+    register(
+        &cell,
+        kind,
+        Some(Arc::new(move || {
+            let actor = actor.clone();
+            Box::pin(async move {
+                match actor.call(inspect, None).await {
+                    Ok(ractor::rpc::CallResult::Success(state)) => Some(state),
+                    _ => None,
+                }
+            })
+        })),
+    );
+}
+
 /// Called by an actor in `post_stop`.
 pub fn unregister(cell: &ActorCell) {
     if let Ok(mut map) = registry().lock() {

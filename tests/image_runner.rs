@@ -6,10 +6,11 @@
 //! the wire protocol. Without a reachable engine the tests are skipped with a
 //! notice, except under `CI=true`, where that is a failure.
 
-use std::fs::File;
+mod support;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -20,61 +21,13 @@ use talon::messages::wire::{
     Role, RunStatus, RunnerToHost, StartRun, PROTOCOL_VERSION,
 };
 
-const TEST_IMAGE: &str = "talon-agent:test-image";
+use support::TEST_IMAGE;
 /// Generous: a cold first run on a 2-core machine, not a timing assertion.
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The engine, or `None` (after a notice) when it is not reachable outside CI.
-async fn docker() -> Option<Docker> {
-    let connected = match Docker::connect_with_unix_defaults() {
-        Ok(docker) => docker.negotiate_version().await,
-        Err(error) => Err(error),
-    };
-    match connected {
-        Ok(docker) => Some(docker),
-        Err(error) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("CI=true but the Docker engine is not reachable (DOCKER_HOST or /var/run/docker.sock): {error}");
-            }
-            eprintln!("NOTICE: skipping image tests, the Docker engine is not reachable: {error}");
-            None
-        }
-    }
-}
-
-/// Serialises image builds across test threads and test binaries.
-fn build_lock() -> File {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/target/talon-image.lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .unwrap();
-    fs4::FileExt::lock(&file).unwrap();
-    file
-}
-
-/// Makes sure the test image is current, once per test binary: each check
-/// runs cargo, which waits for any other cargo using the target directory.
-async fn ensure_test_image(docker: &Docker) {
-    static ENSURED: AtomicBool = AtomicBool::new(false);
-    let _lock = build_lock();
-    if ENSURED.load(Ordering::SeqCst) {
-        return;
-    }
-    let mut progress = |line: &str| eprintln!("[build] {line}");
-    ensure_image(docker, TEST_IMAGE, true, &mut progress)
-        .await
-        .unwrap_or_else(|e| panic!("ensure_image failed: {e}"));
-    ENSURED.store(true, Ordering::SeqCst);
-}
-
 /// Sets up the engine and the image; `None` means skip.
 async fn ready() -> Option<Docker> {
-    let docker = docker().await?;
-    ensure_test_image(&docker).await;
-    Some(docker)
+    support::docker_with_image().await
 }
 
 /// The agent runner in a real container, with the test playing the host.
@@ -260,7 +213,7 @@ fn ping_pong(container: &mut Container) {
 #[tokio::test]
 async fn image_is_built_labelled_with_its_context_hash_and_not_rebuilt() {
     let Some(docker) = ready().await else { return };
-    let _lock = build_lock();
+    let _lock = support::build_lock();
     let label = image_hash(&docker, TEST_IMAGE).await.unwrap();
     let expected =
         tokio::task::spawn_blocking(|| build_context(&locate_sources().unwrap()).unwrap().hash)
@@ -279,7 +232,7 @@ async fn image_is_built_labelled_with_its_context_hash_and_not_rebuilt() {
 #[tokio::test]
 async fn a_stale_image_is_rebuilt_only_when_asked() {
     let Some(docker) = ready().await else { return };
-    let _lock = build_lock();
+    let _lock = support::build_lock();
     const STALE: &str = "talon-agent:test-stale";
     let mut ctx =
         tokio::task::spawn_blocking(|| build_context(&locate_sources().unwrap()).unwrap())
@@ -315,7 +268,9 @@ async fn a_stale_image_is_rebuilt_only_when_asked() {
 
 #[tokio::test]
 async fn missing_image_has_no_hash() {
-    let Some(docker) = docker().await else { return };
+    let Some(docker) = support::docker_or_skip().await else {
+        return;
+    };
     let hash = image_hash(&docker, "talon-agent:no-such-tag-for-tests")
         .await
         .unwrap();

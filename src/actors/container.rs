@@ -281,15 +281,7 @@ impl Actor for ContainerActor {
         myself: ActorRef<Self::Msg>,
         args: ContainerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let inspector_ref = myself.clone();
-        crate::dump::register(
-            &myself.get_cell(),
-            "container",
-            Some(Arc::new(move || {
-                let actor = inspector_ref.clone();
-                Box::pin(async move { ractor::call!(actor, ContainerMsg::Inspect).ok() })
-            })),
-        );
+        crate::dump::register_inspectable(&myself, "container", ContainerMsg::Inspect);
         let mut state = ContainerState {
             args,
             stdin: None,

@@ -442,15 +442,7 @@ impl Actor for GroupQueue {
         myself: ActorRef<Self::Msg>,
         args: GroupQueueArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let inspector_ref = myself.clone();
-        crate::dump::register(
-            &myself.get_cell(),
-            "group_queue",
-            Some(Arc::new(move || {
-                let actor = inspector_ref.clone();
-                Box::pin(async move { ractor::call!(actor, GroupQueueMsg::Inspect).ok() })
-            })),
-        );
+        crate::dump::register_inspectable(&myself, "group_queue", GroupQueueMsg::Inspect);
         // Recovery: whatever is after the cursor is looked at right away.
         myself.cast(GroupQueueMsg::Wake)?;
         let pattern = args

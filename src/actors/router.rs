@@ -7,7 +7,6 @@
 //! context for the group's next batch; unregistered chats are only stored.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
@@ -130,15 +129,7 @@ impl Actor for Router {
         myself: ActorRef<Self::Msg>,
         args: RouterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let inspector_ref = myself.clone();
-        crate::dump::register(
-            &myself.get_cell(),
-            "router",
-            Some(Arc::new(move || {
-                let actor = inspector_ref.clone();
-                Box::pin(async move { ractor::call!(actor, RouterMsg::Inspect).ok() })
-            })),
-        );
+        crate::dump::register_inspectable(&myself, "router", RouterMsg::Inspect);
         let mut state = RouterState {
             store: args.store,
             default_trigger: args.default_trigger,

@@ -56,15 +56,7 @@ impl Actor for TerminalChannel {
         myself: ActorRef<Self::Msg>,
         args: TerminalArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let inspector_ref = myself.clone();
-        crate::dump::register(
-            &myself.get_cell(),
-            "channel",
-            Some(Arc::new(move || {
-                let actor = inspector_ref.clone();
-                Box::pin(async move { ractor::call!(actor, ChannelMsg::Inspect).ok() })
-            })),
-        );
+        crate::dump::register_inspectable(&myself, "channel", ChannelMsg::Inspect);
         Ok(TerminalState { args, delivered: 0 })
     }
 

@@ -38,7 +38,7 @@ pub async fn docker_or_skip() -> Option<Docker> {
 }
 
 /// Serialises image builds across test threads and test binaries.
-fn build_lock() -> File {
+pub fn build_lock() -> File {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/target/talon-image.lock");
     let file = File::options()
         .create(true)
@@ -50,14 +50,21 @@ fn build_lock() -> File {
     file
 }
 
-/// The engine with the test image built from the current sources.
+/// The engine with the test image built from the current sources (checked
+/// once per test binary: each check runs cargo, which waits for any other
+/// cargo using the target directory).
 pub async fn docker_with_image() -> Option<Docker> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static ENSURED: AtomicBool = AtomicBool::new(false);
     let docker = docker_or_skip().await?;
     let _lock = build_lock();
-    let mut progress = |line: &str| eprintln!("[image] {line}");
-    talon::image::ensure_image(&docker, TEST_IMAGE, true, &mut progress)
-        .await
-        .unwrap_or_else(|e| panic!("cannot build the test image: {e}"));
+    if !ENSURED.load(Ordering::SeqCst) {
+        let mut progress = |line: &str| eprintln!("[image] {line}");
+        talon::image::ensure_image(&docker, TEST_IMAGE, true, &mut progress)
+            .await
+            .unwrap_or_else(|e| panic!("cannot build the test image: {e}"));
+        ENSURED.store(true, Ordering::SeqCst);
+    }
     Some(docker)
 }
 
