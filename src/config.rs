@@ -101,8 +101,11 @@ pub struct QueueConfig {
 pub struct ContainerDefaults {
     pub image: String,
     pub idle_timeout: Duration,
-    /// The hard timeout (before the `idle_timeout + 30 s` floor is applied).
+    /// The hard timeout (before the `idle_timeout + close_grace` floor is applied).
     pub timeout: Duration,
+    /// How long the graceful close gets before the hard kill can fire:
+    /// the hard timeout is never less than `idle_timeout + close_grace`.
+    pub close_grace: Duration,
     pub memory_mb: u64,
     pub cpus: f64,
     pub pids_limit: i64,
@@ -110,6 +113,8 @@ pub struct ContainerDefaults {
     pub max_output_bytes: u64,
     /// `"uid:gid"` for containers when the host runs as root; never 0.
     pub run_as: Option<String>,
+    /// The mount allowlist file; default `~/.config/talon/mount-allowlist.json`.
+    pub mount_allowlist: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -174,12 +179,14 @@ impl Default for ContainerDefaults {
             image: "talon-agent:latest".into(),
             idle_timeout: Duration::from_secs(30 * 60),
             timeout: Duration::from_secs(30 * 60),
+            close_grace: Duration::from_secs(30),
             memory_mb: 1024,
             cpus: 1.0,
             pids_limit: 256,
             tmpfs_mb: 64,
             max_output_bytes: 10 * 1024 * 1024,
             run_as: None,
+            mount_allowlist: None,
         }
     }
 }
@@ -688,6 +695,7 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
             positive_duration,
         )?,
         timeout: s.get("container", "timeout", c.timeout, positive_duration)?,
+        close_grace: s.get("container", "close_grace", c.close_grace, positive_duration)?,
         memory_mb: s.get("container", "memory_mb", c.memory_mb, |raw| {
             at_least(raw, MIN_MEMORY_MB)
         })?,
@@ -700,6 +708,12 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
             at_least(raw, 1)
         })?,
         run_as: s.get("container", "run_as", c.run_as, run_as)?,
+        mount_allowlist: s.get(
+            "container",
+            "mount_allowlist",
+            c.mount_allowlist,
+            optional_text,
+        )?,
     };
     let p = defaults.provider;
     let provider = ProviderConfig {
@@ -941,12 +955,14 @@ mod tests {
                 image: "talon-agent:latest".into(),
                 idle_timeout: Duration::from_secs(1800),
                 timeout: Duration::from_secs(1800),
+                close_grace: Duration::from_secs(30),
                 memory_mb: 1024,
                 cpus: 1.0,
                 pids_limit: 256,
                 tmpfs_mb: 64,
                 max_output_bytes: 10_485_760,
                 run_as: None,
+                mount_allowlist: None,
             },
             provider: ProviderConfig {
                 kind: "anthropic".into(),

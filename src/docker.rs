@@ -58,18 +58,18 @@ pub async fn connect() -> Result<Docker, DockerError> {
     Ok(docker)
 }
 
-/// The hard timeout: `max(group timeout or container timeout, idle + 30 s)`.
-/// The 30 s gap guarantees the graceful close (sent at idle) always gets its
-/// chance before the kill.
+/// The hard timeout: `max(group timeout or container timeout, idle + grace)`
+/// (grace 30 s by default). The gap guarantees the graceful close, sent at
+/// idle, always gets its chance before the kill.
 pub fn hard_timeout(
     group_timeout: Option<Duration>,
     container_timeout: Duration,
     idle_timeout: Duration,
+    close_grace: Duration,
 ) -> Duration {
-    const GRACE: Duration = Duration::from_secs(30);
     group_timeout
         .unwrap_or(container_timeout)
-        .max(idle_timeout.saturating_add(GRACE))
+        .max(idle_timeout.saturating_add(close_grace))
 }
 
 /// A short, stable id for a talon home directory (the instance label).
@@ -228,6 +228,8 @@ mod tests {
     #[test]
     fn the_hard_timeout_always_leaves_room_for_the_graceful_close() {
         let min = Duration::from_secs(60);
+        let grace = Duration::from_secs(30);
+        let hard_timeout = |g, c, i| hard_timeout(g, c, i, grace);
         // Equal idle and hard timeouts (the seeds' bug) get the 30 s gap.
         assert_eq!(
             hard_timeout(None, 30 * min, 30 * min),

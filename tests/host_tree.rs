@@ -3,125 +3,16 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use support::fake_anthropic::{FakeAnthropic, Reply};
+use support::inproc::*;
 use support::*;
 use talon::actors::router::{RouterMsg, ROUTER};
 use talon::actors::supervisor::{ChildSpec, Restart, SupervisorMsg};
-use talon::actors::terminal::{TerminalArgs, TerminalOutput, TERMINAL_CHAT};
-use talon::config::Config;
-use talon::host::{self, Host, HostContext};
-use talon::messages::{InboundMessage, RegisteredGroup};
-use talon::store::Store;
-use tokio::sync::{mpsc, Semaphore};
-
-/// Actor names are process-wide: one host per test at a time.
-static ONE_HOST: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const REPLY_WAIT: Duration = Duration::from_secs(60);
-
-struct TestHost {
-    host: Option<Host>,
-    replies: mpsc::UnboundedReceiver<TerminalOutput>,
-    store: Store,
-    _home: Home,
-}
-
-fn group(chat: &str, folder: &str, main: bool, requires_trigger: bool) -> RegisteredGroup {
-    RegisteredGroup {
-        chat_id: chat.into(),
-        name: folder.into(),
-        folder: folder.into(),
-        trigger_pattern: None,
-        requires_trigger,
-        is_main: main,
-        container_config: None,
-        added_at: 1,
-    }
-}
-
-async fn start_host(
-    docker: bollard::Docker,
-    model: &FakeAnthropic,
-    groups: &[RegisteredGroup],
-) -> TestHost {
-    let home = Home::new();
-    let paths = home.paths();
-    paths.ensure().unwrap();
-    let env = host_env(home.path(), &model.base_url);
-    let config = Config::from_sources(None, "test", &[], &env).unwrap();
-    let provider = host::build_provider(&config, &paths).unwrap();
-    let store = Store::open(&paths.db()).unwrap();
-    for g in groups {
-        store.register_group(g).unwrap();
-    }
-    let ctx = HostContext::new(store.clone(), config, paths, docker, provider).unwrap();
-    let (tx, replies) = mpsc::unbounded_channel();
-    let terminal = TerminalArgs {
-        store: store.clone(),
-        chat_id: TERMINAL_CHAT.into(),
-        output: tx,
-        gate: Arc::new(Semaphore::new(1)),
-    };
-    let host = host::start(Arc::new(ctx), Some(terminal)).await.unwrap();
-    TestHost {
-        host: Some(host),
-        replies,
-        store,
-        _home: home,
-    }
-}
-
-impl TestHost {
-    async fn stop(mut self) {
-        if let Some(host) = self.host.take() {
-            host.shutdown().await;
-        }
-    }
-
-    async fn next_reply(&mut self) -> TerminalOutput {
-        tokio::time::timeout(REPLY_WAIT, self.replies.recv())
-            .await
-            .expect("a reply in time")
-            .expect("the terminal channel is open")
-    }
-}
-
-fn router() -> ActorRef<RouterMsg> {
-    ractor::registry::where_is(ROUTER)
-        .expect("router running")
-        .into()
-}
-
-fn message(chat: &str, id: &str, text: &str) -> InboundMessage {
-    InboundMessage {
-        chat_id: chat.into(),
-        platform_msg_id: id.into(),
-        sender_id: "u1".into(),
-        sender_name: "Ann".into(),
-        content: text.into(),
-        timestamp: talon::store::now_millis(),
-        is_from_me: false,
-        is_bot_message: false,
-        reply_to: None,
-        thread_id: None,
-    }
-}
-
-async fn replying_model() -> FakeAnthropic {
-    FakeAnthropic::start_with(|body| {
-        Reply::text(format!(
-            "reply to: {}",
-            last_message_text(&last_user_text(body))
-        ))
-    })
-    .await
-}
+use talon::actors::terminal::{TerminalOutput, TERMINAL_CHAT};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unregistered_chats_are_stored_and_untriggered_messages_wait_as_context() {

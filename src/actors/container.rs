@@ -232,7 +232,9 @@ impl ContainerActor {
             args.spec.name,
             args.spec.image,
             args.spec.group_folder,
-            chrono::Utc::now().to_rfc3339(),
+            (chrono::Utc::now()
+                - chrono::Duration::from_std(state.started.elapsed()).unwrap_or_default())
+            .to_rfc3339(),
             state.started.elapsed().as_millis(),
             exit,
             state.hard_killed,
@@ -302,6 +304,8 @@ impl Actor for ContainerActor {
             Ok((stdin, tasks)) => {
                 state.stdin = Some(stdin);
                 state.tasks = tasks;
+                // Run time (and so the timers) count from the start.
+                state.started = Instant::now();
             }
             Err(error) => {
                 tracing::error!(container = %state.args.spec.name, %error, "container did not start");

@@ -225,6 +225,7 @@ impl GroupQueue {
                 None,
                 ctx.config.container.timeout,
                 ctx.config.container.idle_timeout,
+                ctx.config.container.close_grace,
             ),
             max_output_bytes: ctx.config.container.max_output_bytes,
             log_path,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_anthropic;
+pub mod inproc;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -208,4 +209,61 @@ pub fn stderr_of(output: &Output) -> String {
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds `tag` offline from the test image plus `dockerfile_tail` (lines
+/// after `FROM <test image>`), for runners that misbehave on purpose.
+pub async fn derived_image(docker: &Docker, tag: &str, dockerfile_tail: &str) {
+    let dockerfile = format!("FROM {TEST_IMAGE}\n{dockerfile_tail}\n");
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(dockerfile.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    archive
+        .append_data(&mut header, "Dockerfile", dockerfile.as_bytes())
+        .expect("tar the Dockerfile");
+    let tar = archive.into_inner().expect("finish the tar");
+    let context = talon::image::BuildContext {
+        tar,
+        hash: "derived".into(),
+    };
+    let mut progress = |line: &str| eprintln!("[derived image] {line}");
+    talon::image::build_image(docker, tag, context, &mut progress)
+        .await
+        .unwrap_or_else(|e| panic!("cannot build {tag}: {e}"));
+}
+
+/// The run logs of a group, oldest first.
+pub fn run_logs(home: &Path, folder: &str) -> Vec<String> {
+    let dir = home.join("groups").join(folder).join("logs");
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    paths.sort();
+    paths
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .collect()
+}
+
+/// The value of `key: value` in a run log.
+pub fn log_field<'a>(log: &'a str, key: &str) -> Option<&'a str> {
+    log.lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(": "))
+}
+
+/// Waits (bounded) until the home has a container, and returns its name.
+pub fn wait_for_container(home: &Path, limit: Duration) -> String {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(name) = talon_containers(home).into_iter().next() {
+            return name;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no container appeared"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }
