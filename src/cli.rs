@@ -82,6 +82,48 @@ pub enum GroupsCommand {
         /// A custom trigger regex instead of ^@<assistant name>\b.
         #[arg(long)]
         trigger: Option<String>,
+        /// Container settings as JSON, e.g. '{"memory_mb":2048,"network":"bridge"}'
+        /// [default: keep the group's current settings, or none].
+        #[arg(long, value_name = "JSON")]
+        container_config: Option<String>,
+    },
+    /// Show one group and its container settings.
+    Show {
+        /// The group's chat id, as in `talon groups list`.
+        chat_id: String,
+    },
+    /// Change a group's container settings, e.g.
+    /// `talon groups set slack:C0123 --network bridge --secret THREADS_ACCESS_TOKEN`.
+    Set {
+        /// The group's chat id, as in `talon groups list`.
+        chat_id: String,
+        /// Replace the settings with this JSON ('' resets to the defaults);
+        /// the flags below then edit it.
+        #[arg(long, value_name = "JSON", conflicts_with = "clear_container_config")]
+        container_config: Option<String>,
+        /// Reset the settings to the defaults (the flags below then edit them).
+        #[arg(long)]
+        clear_container_config: bool,
+        /// Hard timeout of the group's runs, e.g. 1h (1s to 24h).
+        #[arg(long, value_name = "DURATION", value_parser = crate::container_config::parse_timeout_flag)]
+        timeout: Option<Duration>,
+        /// Memory limit in MB (6 to 65536).
+        #[arg(long, value_name = "MB")]
+        memory_mb: Option<u64>,
+        /// CPU limit, e.g. 2 or 0.5 (0.01 to 64).
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// Container network: none (the default) or bridge.
+        #[arg(long, value_name = "none|bridge")]
+        network: Option<crate::container_config::Network>,
+        /// Pass this host environment variable (or .env key) into the
+        /// container; repeatable, adds to the list.
+        #[arg(long = "secret", value_name = "NAME")]
+        secrets: Vec<String>,
+        /// An extra mount under /workspace/extra (subject to the mount
+        /// allowlist); repeatable, adds to the list.
+        #[arg(long = "mount", value_name = "HOST_PATH[:NAME[:rw]]", value_parser = crate::container_config::parse_mount_flag)]
+        mounts: Vec<crate::mount_security::RequestedMount>,
     },
 }
 
@@ -326,8 +368,25 @@ async fn image_build(paths: &Paths, explicit: Option<&std::path::Path>) -> Resul
 }
 
 fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsCommand) -> Result<()> {
+    use crate::container_config::GroupContainerConfig;
+
     let config = load_config(paths, explicit)?;
     let store = Store::open(&paths.db())?;
+    let host_running = || crate::singleton::holder(&paths.pid_file()).is_some();
+    let trigger_of = |g: &RegisteredGroup| {
+        if g.is_main || !g.requires_trigger {
+            "(every message)".to_string()
+        } else {
+            g.trigger_pattern
+                .clone()
+                .unwrap_or_else(|| config.trigger_pattern())
+        }
+    };
+    let find = |chat_id: &str| -> Result<RegisteredGroup> {
+        store.group_by_chat(chat_id)?.ok_or_else(|| {
+            anyhow!("no registered group has chat id {chat_id:?} (see `talon groups list`)")
+        })
+    };
     match command {
         GroupsCommand::List => {
             let groups = store.groups()?;
@@ -335,19 +394,12 @@ fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsComm
                 println!("no registered groups");
             }
             for g in groups {
-                let trigger = if g.is_main || !g.requires_trigger {
-                    "(every message)".to_string()
-                } else {
-                    g.trigger_pattern
-                        .clone()
-                        .unwrap_or_else(|| config.trigger_pattern())
-                };
                 println!(
                     "{:<24} {:<16} {:<20} {}{}",
                     g.chat_id,
                     g.folder,
                     g.name,
-                    trigger,
+                    trigger_of(&g),
                     if g.is_main { "  [main]" } else { "" }
                 );
             }
@@ -359,6 +411,7 @@ fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsComm
             main,
             no_trigger,
             trigger,
+            container_config,
         } => {
             if !chat_id.contains(':') {
                 bail!("chat id {chat_id:?} needs a channel prefix: term:<name>, slack:<channel> or dc:<channel>");
@@ -367,6 +420,7 @@ fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsComm
                 crate::trigger::Trigger::new(pattern)
                     .with_context(|| format!("invalid trigger pattern {pattern:?}"))?;
             }
+            let existing = store.group_by_chat(&chat_id)?;
             if main {
                 if let Some(other) = store
                     .groups()?
@@ -379,6 +433,15 @@ fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsComm
                     );
                 }
             }
+            // Re-adding a chat (e.g. to rename it) keeps its container settings
+            // unless new ones are given.
+            let container_config = match container_config {
+                Some(json) => {
+                    let parsed = GroupContainerConfig::of_group(Some(&json))?;
+                    (parsed != GroupContainerConfig::default()).then(|| parsed.to_json())
+                }
+                None => existing.as_ref().and_then(|g| g.container_config.clone()),
+            };
             let group = RegisteredGroup {
                 chat_id,
                 name,
@@ -386,13 +449,116 @@ fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsComm
                 trigger_pattern: trigger,
                 requires_trigger: !no_trigger,
                 is_main: main,
-                container_config: None,
-                added_at: crate::store::now_millis(),
+                container_config,
+                added_at: existing
+                    .as_ref()
+                    .map_or_else(crate::store::now_millis, |g| g.added_at),
             };
             store.register_group(&group)?;
             println!("registered {} as {}", group.chat_id, group.folder);
-            if crate::singleton::holder(&paths.pid_file()).is_some() {
+            if let Some(json) = &group.container_config {
+                println!("container config: {json}");
+            }
+            if host_running() {
                 println!("restart talon to start serving it");
+            }
+        }
+        GroupsCommand::Show { chat_id } => {
+            let g = find(&chat_id)?;
+            let added = chrono::DateTime::from_timestamp_millis(g.added_at)
+                .map_or_else(|| g.added_at.to_string(), |t| t.to_rfc3339());
+            println!("chat id:    {}", g.chat_id);
+            println!("name:       {}", g.name);
+            println!("folder:     {}", g.folder);
+            println!("main:       {}", if g.is_main { "yes" } else { "no" });
+            println!("trigger:    {}", trigger_of(&g));
+            println!("registered: {added}");
+            // A hand-edited database may hold a config that no longer
+            // validates: show the text as stored, then fail with the reason.
+            let container = match GroupContainerConfig::of_group(g.container_config.as_deref()) {
+                Ok(container) => container,
+                Err(e) => {
+                    println!(
+                        "container config (as stored): {}",
+                        g.container_config.as_deref().unwrap_or_default()
+                    );
+                    bail!(
+                        "{e}; fix it with `talon groups set {chat_id} --container-config '<json>'`"
+                    );
+                }
+            };
+            if container == GroupContainerConfig::default() {
+                println!("container config: {{}} (nothing set: the defaults apply)");
+            } else {
+                println!("container config:");
+                println!("{}", container.to_pretty_json());
+            }
+            println!("effective container settings:");
+            println!("{}", container.effective_summary(&config.container));
+        }
+        GroupsCommand::Set {
+            chat_id,
+            container_config,
+            clear_container_config,
+            timeout,
+            memory_mb,
+            cpus,
+            network,
+            secrets,
+            mounts,
+        } => {
+            let g = find(&chat_id)?;
+            let edits_flags = timeout.is_some()
+                || memory_mb.is_some()
+                || cpus.is_some()
+                || network.is_some()
+                || !secrets.is_empty()
+                || !mounts.is_empty();
+            if container_config.is_none() && !clear_container_config && !edits_flags {
+                bail!("nothing to set: give --container-config '<json>', --clear-container-config, or a flag such as --memory-mb 2048 (see `talon groups set --help`)");
+            }
+            let mut container = if clear_container_config {
+                GroupContainerConfig::default()
+            } else if let Some(json) = &container_config {
+                GroupContainerConfig::of_group(Some(json))?
+            } else {
+                GroupContainerConfig::of_group(g.container_config.as_deref()).with_context(|| {
+                    format!("the stored container config of {chat_id} is invalid; replace it with --container-config '<json>' or --clear-container-config")
+                })?
+            };
+            if timeout.is_some() {
+                container.timeout = timeout;
+            }
+            if memory_mb.is_some() {
+                container.memory_mb = memory_mb;
+            }
+            if cpus.is_some() {
+                container.cpus = cpus;
+            }
+            if network.is_some() {
+                container.network = network;
+            }
+            for secret in secrets {
+                if !container.secrets.contains(&secret) {
+                    container.secrets.push(secret);
+                }
+            }
+            for mount in mounts {
+                if !container.additional_mounts.contains(&mount) {
+                    container.additional_mounts.push(mount);
+                }
+            }
+            container.validate()?;
+            let is_default = container == GroupContainerConfig::default();
+            store.set_container_config(&chat_id, (!is_default).then_some(&container))?;
+            if is_default {
+                println!("container config of {chat_id}: {{}} (the defaults apply)");
+            } else {
+                println!("container config of {chat_id}:");
+                println!("{}", container.to_pretty_json());
+            }
+            if host_running() {
+                println!("the running talon applies it from the group's next container start");
             }
         }
     }

@@ -27,9 +27,11 @@ use crate::actors::supervisor::{
 };
 use crate::actors::terminal::{TerminalArgs, TerminalChannel};
 use crate::config::Config;
-use crate::docker::{self, RunSpec};
+use crate::container_config::GroupContainerConfig;
+use crate::docker::{self, Mount, RunSpec};
 use crate::messages::channel::channel_name;
 use crate::messages::RegisteredGroup;
+use crate::mount_security;
 use crate::paths::Paths;
 use crate::provider::{AnthropicConfig, AnthropicProvider, Credential, Provider, RetryPolicy};
 use crate::store::Store;
@@ -133,12 +135,16 @@ impl HostContext {
     }
 
     /// How a container for `group` is made, creating its host directories
-    /// (owned by the container's user) on the way.
-    pub fn run_spec(
+    /// (owned by the container's user) on the way. The group's container
+    /// config is applied over the defaults; its extra mounts pass the mount
+    /// allowlist, read fresh for every run so an edit applies at once.
+    pub fn run_plan(
         &self,
         group: &RegisteredGroup,
         now_ms: i64,
-    ) -> Result<RunSpec, ActorProcessingErr> {
+    ) -> Result<RunPlan, ActorProcessingErr> {
+        let overrides = GroupContainerConfig::of_group(group.container_config.as_deref())
+            .map_err(|e| format!("group {}: {e}", group.folder))?;
         let (host_uid, host_gid) = current_ids();
         let run_as = self
             .config
@@ -168,28 +174,118 @@ impl HostContext {
                 std::os::unix::fs::chown(dir, Some(user.0), Some(user.1))?;
             }
         }
+        let mut mounts = docker::base_mounts(
+            group_dir,
+            global_dir,
+            session_dir,
+            self.project_root.clone(),
+            group.is_main,
+        );
+        mounts.extend(self.extra_mounts(group, &overrides));
+        let mut env = vec![format!("TZ={}", self.config.assistant.timezone)];
+        env.extend(self.named_secrets(group, &overrides));
         let c = &self.config.container;
-        Ok(RunSpec {
+        let memory_mb = overrides.memory_mb.unwrap_or(c.memory_mb);
+        let cpus = overrides.cpus.unwrap_or(c.cpus);
+        let spec = RunSpec {
             name: docker::container_name(&group.folder, now_ms),
             image: c.image.clone(),
             group_folder: group.folder.clone(),
             instance: self.instance.clone(),
             user,
-            mounts: docker::base_mounts(
-                group_dir,
-                global_dir,
-                session_dir,
-                self.project_root.clone(),
-                group.is_main,
-            ),
-            env: vec![format!("TZ={}", self.config.assistant.timezone)],
-            memory_bytes: i64::try_from(c.memory_mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX),
-            nano_cpus: (c.cpus * 1e9) as i64,
+            mounts,
+            env,
+            memory_bytes: i64::try_from(memory_mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX),
+            nano_cpus: (cpus * 1e9) as i64,
             pids_limit: c.pids_limit,
             tmpfs_bytes: c.tmpfs_mb.saturating_mul(1 << 20),
-            network: "none".into(),
-        })
+            network: overrides.network_or_default().docker_mode().to_string(),
+        };
+        let hard_timeout =
+            docker::hard_timeout(overrides.timeout, c.timeout, c.idle_timeout, c.close_grace);
+        Ok(RunPlan { spec, hard_timeout })
     }
+
+    /// The group's extra mounts that the allowlist permits. A missing
+    /// allowlist means none; an invalid one means none and an error (fail
+    /// closed). talon's own home is never mountable.
+    fn extra_mounts(&self, group: &RegisteredGroup, config: &GroupContainerConfig) -> Vec<Mount> {
+        if config.additional_mounts.is_empty() {
+            return Vec::new();
+        }
+        let path = self
+            .config
+            .container
+            .mount_allowlist
+            .as_ref()
+            .map(PathBuf::from)
+            .unwrap_or_else(mount_security::default_allowlist_path);
+        let allowlist = match mount_security::load_allowlist(&path) {
+            Ok(Some(mut allowlist)) => {
+                allowlist.protect(&self.paths.home);
+                Some(allowlist)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(group = %group.folder, error = %e, "mount allowlist invalid: no extra mounts");
+                return Vec::new();
+            }
+        };
+        mount_security::approve_mounts(
+            allowlist.as_ref(),
+            &config.additional_mounts,
+            group.is_main,
+            &group.folder,
+        )
+        .into_iter()
+        .map(|m| Mount {
+            host: m.host,
+            container: m.container,
+            read_only: m.read_only,
+        })
+        .collect()
+    }
+
+    /// `NAME=value` for each secret the group's config names, from the
+    /// environment or the `.env` file. Values are never logged.
+    fn named_secrets(&self, group: &RegisteredGroup, config: &GroupContainerConfig) -> Vec<String> {
+        if config.secrets.is_empty() {
+            return Vec::new();
+        }
+        let dotenv = std::fs::read_to_string(self.paths.env_file())
+            .map(|text| crate::config::parse_dotenv(&text))
+            .unwrap_or_default();
+        config
+            .secrets
+            .iter()
+            .filter_map(|name| {
+                let value = std::env::var(name)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .or_else(|| {
+                        dotenv
+                            .iter()
+                            .find(|(k, _)| k == name)
+                            .map(|(_, v)| v.clone())
+                    });
+                match value {
+                    Some(value) => Some(format!("{name}={value}")),
+                    None => {
+                        tracing::warn!(group = %group.folder, secret = %name,
+                            "a secret the group's config names is not set; not passed");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+/// Everything that decides one container run.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    pub spec: RunSpec,
+    pub hard_timeout: Duration,
 }
 
 fn current_ids() -> (u32, u32) {

@@ -12,12 +12,14 @@
 pub mod actors;
 pub mod cli;
 pub mod config;
+pub mod container_config;
 pub mod docker;
 pub mod dump;
 pub mod host;
 pub mod image;
 pub mod logging;
 pub mod messages;
+pub mod mount_security;
 pub mod outbound;
 pub mod paths;
 pub mod prompt;

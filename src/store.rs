@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use rusqlite_migration::{Migrations, M};
 
+use crate::container_config::GroupContainerConfig;
 use crate::messages::{InboundMessage, RegisteredGroup, StoredMessage, UnixMillis};
 
 /// Schema history. Append only: never edit a migration that has shipped.
@@ -130,6 +131,11 @@ pub enum StoreError {
     InvalidFolder { folder: String, why: &'static str },
     #[error("the group folder {0:?} is already used by another chat")]
     FolderTaken(String),
+    /// The message is the validation error, which names the field and rule.
+    #[error("{0}")]
+    InvalidContainerConfig(String),
+    #[error("no registered group has chat id {0:?}")]
+    UnknownGroup(String),
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("the database lock was poisoned by a panic")]
@@ -353,9 +359,12 @@ impl Store {
         )?)
     }
 
-    /// Registers (or updates) a group after validating its folder.
+    /// Registers (or updates) a group after validating its folder and its
+    /// container config.
     pub fn register_group(&self, group: &RegisteredGroup) -> Result<()> {
         validate_folder(&group.folder)?;
+        GroupContainerConfig::of_group(group.container_config.as_deref())
+            .map_err(|e| StoreError::InvalidContainerConfig(e.to_string()))?;
         let conn = self.conn()?;
         let taken: Option<String> = conn
             .query_row(
@@ -372,7 +381,8 @@ impl Store {
                  requires_trigger, is_main, container_config, added_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (chat_id) DO UPDATE SET name = ?2, folder = ?3, trigger_pattern = ?4,
-                 requires_trigger = ?5, is_main = ?6, container_config = ?7",
+                 requires_trigger = ?5, is_main = ?6,
+                 container_config = coalesce(?7, container_config)",
             params![
                 group.chat_id,
                 group.name,
@@ -384,6 +394,33 @@ impl Store {
                 group.added_at
             ],
         )?;
+        Ok(())
+    }
+
+    /// Replaces a group's container config (`None`: back to the defaults).
+    /// The config is validated first: one built in code skips `parse`.
+    pub fn set_container_config(
+        &self,
+        chat_id: &str,
+        config: Option<&GroupContainerConfig>,
+    ) -> Result<()> {
+        let text = match config {
+            Some(config) => {
+                config
+                    .validate()
+                    .map_err(|e| StoreError::InvalidContainerConfig(e.to_string()))?;
+                Some(config.to_json())
+            }
+            None => None,
+        };
+        let conn = self.conn()?;
+        let updated = conn.execute(
+            "UPDATE registered_groups SET container_config = ?2 WHERE chat_id = ?1",
+            params![chat_id, text],
+        )?;
+        if updated == 0 {
+            return Err(StoreError::UnknownGroup(chat_id.to_string()));
+        }
         Ok(())
     }
 
@@ -814,6 +851,91 @@ mod tests {
         store.register_group(&renamed).unwrap();
         assert_eq!(store.groups().unwrap(), vec![renamed]);
         assert!(store.group_by_chat("term:zzz").unwrap().is_none());
+    }
+
+    #[test]
+    fn an_invalid_container_config_is_not_registered() {
+        let store = Store::open_in_memory().unwrap();
+        for bad in [
+            "{not json",
+            r#"{"memory_mb":2}"#,
+            r#"{"secrets":["ANTHROPIC_API_KEY"]}"#,
+            r#"{"colour":"red"}"#,
+        ] {
+            let mut g = group("term:a", "alpha");
+            g.container_config = Some(bad.into());
+            let err = store.register_group(&g).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::InvalidContainerConfig(m) if m.starts_with("container config: ")),
+                "{bad}: {err}"
+            );
+        }
+        assert!(
+            store.groups().unwrap().is_empty(),
+            "an invalid group was stored"
+        );
+        for good in [
+            None,
+            Some(""),
+            Some(r#"{"memory_mb":2048,"network":"bridge"}"#),
+        ] {
+            let mut g = group("term:a", "alpha");
+            g.container_config = good.map(str::to_string);
+            store.register_group(&g).unwrap();
+            assert_eq!(store.group_by_chat("term:a").unwrap(), Some(g));
+        }
+    }
+
+    #[test]
+    fn container_config_is_set_replaced_and_cleared() {
+        use crate::container_config::Network;
+        let store = Store::open_in_memory().unwrap();
+        store.register_group(&group("term:a", "alpha")).unwrap();
+        let config = GroupContainerConfig {
+            timeout: Some(std::time::Duration::from_secs(3600)),
+            memory_mb: Some(2048),
+            network: Some(Network::Bridge),
+            secrets: vec!["THREADS_ACCESS_TOKEN".into()],
+            ..Default::default()
+        };
+        store.set_container_config("term:a", Some(&config)).unwrap();
+        let stored = store.group_by_chat("term:a").unwrap().unwrap();
+        assert_eq!(
+            GroupContainerConfig::of_group(stored.container_config.as_deref()).unwrap(),
+            config
+        );
+        // Invalid: refused, and the previous value stays.
+        let bad = GroupContainerConfig {
+            cpus: Some(0.0),
+            ..Default::default()
+        };
+        let err = store
+            .set_container_config("term:a", Some(&bad))
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::InvalidContainerConfig(m) if m.contains("cpus")),
+            "{err}"
+        );
+        let still = store.group_by_chat("term:a").unwrap().unwrap();
+        assert_eq!(still.container_config, stored.container_config);
+        store.set_container_config("term:a", None).unwrap();
+        assert_eq!(
+            store
+                .group_by_chat("term:a")
+                .unwrap()
+                .unwrap()
+                .container_config,
+            None
+        );
+        // Only registered groups.
+        let err = store
+            .set_container_config("term:nobody", Some(&config))
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::UnknownGroup(chat) if chat == "term:nobody"),
+            "{err}"
+        );
+        assert!(store.group_by_chat("term:nobody").unwrap().is_none());
     }
 
     #[test]

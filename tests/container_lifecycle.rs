@@ -303,3 +303,79 @@ async fn output_over_the_cap_is_cut_with_a_clear_note() {
     let logs = run_logs(home.path(), "main");
     assert!(logs[0].contains("(cut at the output cap)"), "{}", logs[0]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_groups_container_config_applies_named_secrets_limits_and_allowed_mounts() {
+    let _one = ONE_HOST.lock().await;
+    let Some(docker) = docker_with_image().await else {
+        return;
+    };
+    let model =
+        FakeAnthropic::start_with(|_| Reply::delayed(Duration::from_secs(8), Reply::text("done")))
+            .await;
+    // An allowlist with one root; inside it a shareable folder and a .ssh.
+    let outside = tempfile::tempdir().unwrap();
+    let root = outside.path().join("projects");
+    std::fs::create_dir_all(root.join("shared")).unwrap();
+    std::fs::create_dir_all(root.join(".ssh")).unwrap();
+    let allowlist = outside.path().join("mount-allowlist.json");
+    std::fs::write(
+        &allowlist,
+        serde_json::json!({ "allowedRoots": [{ "path": root, "allowReadWrite": true }] })
+            .to_string(),
+    )
+    .unwrap();
+    let mut main = group(TERMINAL_CHAT, "main", true, false);
+    main.container_config = Some(
+        serde_json::json!({
+            "memory_mb": 128,
+            "secrets": ["TALON_TEST_GROUP_SECRET"],
+            "additional_mounts": [
+                { "host_path": root.join("shared") },
+                { "host_path": root.join(".ssh"), "container_path": "keys" },
+            ],
+        })
+        .to_string(),
+    );
+    let allowlist_path = allowlist.display().to_string();
+    let overrides = [("TALON_CONTAINER_MOUNT_ALLOWLIST", allowlist_path.as_str())];
+    let mut host = start_host_with(docker, &model, &[main], &overrides).await;
+    // The secret's value lives in the host's .env, as NanoClaw keeps it.
+    std::fs::write(
+        host.home.path().join(".env"),
+        "TALON_TEST_GROUP_SECRET=group-secret-value\nOTHER_SECRET=must-not-pass\n",
+    )
+    .unwrap();
+
+    router()
+        .cast(talon::actors::router::RouterMsg::Inbound(message(
+            TERMINAL_CHAT,
+            "m1",
+            "go",
+        )))
+        .unwrap();
+    let home = host.home.path().to_path_buf();
+    let name = tokio::task::spawn_blocking(move || wait_for_container(&home, LIMIT))
+        .await
+        .unwrap();
+    let info: serde_json::Value =
+        serde_json::from_slice(&docker_cli(&["inspect", &name]).stdout).unwrap();
+    assert_eq!(info[0]["HostConfig"]["Memory"], 128 * 1024 * 1024);
+    let env = info[0]["Config"]["Env"].to_string();
+    assert!(
+        env.contains("TALON_TEST_GROUP_SECRET=group-secret-value"),
+        "{env}"
+    );
+    assert!(!env.contains("must-not-pass"), "{env}");
+    let binds = info[0]["HostConfig"]["Binds"].to_string();
+    assert!(binds.contains("/workspace/extra/shared:ro"), "{binds}");
+    assert!(
+        !binds.contains(".ssh") && !binds.contains("keys"),
+        "{binds}"
+    );
+    assert_eq!(
+        host.next_reply().await,
+        TerminalOutput::Reply("done".into())
+    );
+    host.stop().await;
+}

@@ -193,6 +193,11 @@ impl GroupQueue {
         let Some(prompt) = Self::take_batch(state)? else {
             return Ok(()); // nothing to do after all; the permit is released
         };
+        // The group's settings may have changed (`talon groups set`) since
+        // this queue started: every run uses the stored ones.
+        if let Some(group) = state.ctx.store.group_by_chat(&state.group.chat_id)? {
+            state.group = group;
+        }
         let ctx = &state.ctx;
         let group = &state.group;
         let session = ctx.store.session(&group.folder)?;
@@ -208,7 +213,8 @@ impl GroupQueue {
             timezone: ctx.config.assistant.timezone.clone(),
         };
         let now = crate::store::now_millis();
-        let spec = ctx.run_spec(group, now)?;
+        let plan = ctx.run_plan(group, now)?;
+        let spec = plan.spec;
         let log_path = ctx
             .paths
             .group_logs(&group.folder)
@@ -221,12 +227,7 @@ impl GroupQueue {
             provider: ctx.provider.clone(),
             queue: myself.clone(),
             idle_timeout: ctx.config.container.idle_timeout,
-            hard_timeout: crate::docker::hard_timeout(
-                None,
-                ctx.config.container.timeout,
-                ctx.config.container.idle_timeout,
-                ctx.config.container.close_grace,
-            ),
+            hard_timeout: plan.hard_timeout,
             max_output_bytes: ctx.config.container.max_output_bytes,
             log_path,
         };
