@@ -113,7 +113,7 @@ async fn bench(runs: usize) {
         output: tx,
         gate: Arc::new(Semaphore::new(1)),
     };
-    let host = host::start(Arc::new(ctx), Some(terminal))
+    let host = host::start(Arc::new(ctx), host::Channels::terminal(terminal))
         .await
         .expect("host");
     let router: ActorRef<RouterMsg> = ractor::registry::where_is(ROUTER).expect("router").into();

@@ -96,7 +96,11 @@ async fn warm(count: usize) {
     for n in 0..=count {
         let started = Instant::now();
         router()
-            .cast(RouterMsg::Inbound(message(TERMINAL_CHAT, &format!("w{n}"), "ping")))
+            .cast(RouterMsg::Inbound(message(
+                TERMINAL_CHAT,
+                &format!("w{n}"),
+                "ping",
+            )))
             .expect("cast");
         match host.next_reply().await {
             TerminalOutput::Reply(_) => {}

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::actors::terminal::{spawn_input, TerminalArgs, TerminalOutput, TERMINAL_CHAT};
 use crate::config::Config;
-use crate::host::{self, Host, HostContext};
+use crate::host::{self, Channels, Host, HostContext};
 use crate::messages::RegisteredGroup;
 use crate::paths::Paths;
 use crate::store::Store;
@@ -52,6 +52,8 @@ pub enum Command {
     },
     /// Ask the running host for its live actor tree and print it.
     Dump,
+    /// Is the host running; per group: cursor, pending messages; failed batches; undelivered replies.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,7 +68,7 @@ pub enum GroupsCommand {
     List,
     /// Register a chat, e.g. `talon groups add slack:C0123 --name Family --folder family`.
     Add {
-        /// Chat id with its channel prefix: term:<name>, slack:<channel>, dc:<channel>.
+        /// Chat id with its channel prefix: term:<name>, sock:<name>, slack:<channel>, dc:<channel>.
         chat_id: String,
         #[arg(long)]
         name: String,
@@ -138,6 +140,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => image_build(&paths, cli.config.as_deref()).await,
         Command::Groups { command } => groups(&paths, cli.config.as_deref(), command),
         Command::Dump => dump(&paths).await,
+        Command::Status => status(&paths, cli.config.as_deref()),
     }
 }
 
@@ -226,7 +229,7 @@ async fn chat(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
         output: out_tx,
         gate: gate.clone(),
     };
-    let host = host::start(ctx, Some(terminal)).await?;
+    let host = host::start(ctx, Channels::terminal(terminal)).await?;
     if interactive {
         eprintln!("talon chat: type a message and press Enter; Ctrl-D or Ctrl-C to quit.");
     }
@@ -272,8 +275,7 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
     let config = load_config(paths, explicit)?;
     let _logs = crate::logging::init(paths, &config.log.level, false)?;
     let (ctx, _lock) = prepare_host(paths, config).await?;
-    let mut terminal = None;
-    let mut started = Vec::new();
+    let mut channels = Channels::default();
     let interactive = std::io::stdin().is_terminal();
     let (line_tx, line_rx) = mpsc::channel::<String>(64);
     let gate = Arc::new(Semaphore::new(1));
@@ -282,17 +284,23 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
         ensure_terminal_group(&ctx.store)?;
         let (out_tx, out_rx) = mpsc::unbounded_channel::<TerminalOutput>();
         printer_rx = Some(out_rx);
-        terminal = Some(TerminalArgs {
+        channels.terminal = Some(TerminalArgs {
             store: ctx.store.clone(),
             chat_id: TERMINAL_CHAT.into(),
             output: out_tx,
             gate: gate.clone(),
         });
-        started.push("terminal");
     }
+    if ctx.config.channels.socket {
+        channels.socket = Some(crate::actors::socket::SocketArgs {
+            store: ctx.store.clone(),
+            path: crate::actors::socket::socket_path(&ctx.paths),
+        });
+    }
+    let started = channels.names();
     let user = ctx.config.terminal.user_name.clone();
     let assistant = ctx.config.assistant.name.clone();
-    let host = host::start(ctx, terminal).await?;
+    let host = host::start(ctx, channels).await?;
     if let Some(mut out_rx) = printer_rx {
         tokio::spawn(async move {
             while let Some(item) = out_rx.recv().await {
@@ -307,7 +315,7 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
         spawn_input(line_rx, TERMINAL_CHAT.into(), user, gate, false, done_tx);
     }
     if started.is_empty() {
-        eprintln!("talon: running with no channels (stdin is not a terminal and no platform tokens are configured)");
+        eprintln!("talon: running with no channels (stdin is not a terminal, the socket channel is off and no platform tokens are configured)");
     } else {
         eprintln!("talon: running; channels: {}", started.join(", "));
     }
@@ -414,7 +422,7 @@ fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsComm
             container_config,
         } => {
             if !chat_id.contains(':') {
-                bail!("chat id {chat_id:?} needs a channel prefix: term:<name>, slack:<channel> or dc:<channel>");
+                bail!("chat id {chat_id:?} needs a channel prefix: term:<name>, sock:<name>, slack:<channel> or dc:<channel>");
             }
             if let Some(pattern) = &trigger {
                 crate::trigger::Trigger::new(pattern)
@@ -562,6 +570,46 @@ fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsComm
             }
         }
     }
+    Ok(())
+}
+
+fn status(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
+    load_config(paths, explicit)?;
+    match crate::singleton::holder(&paths.pid_file()) {
+        Some(pid) => println!("talon is running (pid {pid})"),
+        None => println!("talon is not running"),
+    }
+    let store = Store::open(&paths.db())?;
+    let groups = store.groups()?;
+    println!("groups: {}", groups.len());
+    for g in &groups {
+        let cursor = store.cursor(&g.chat_id)?;
+        let pending = store.messages_after(&g.chat_id, cursor, 10_000)?.len();
+        println!(
+            "  {:<16} {:<24} cursor {:<8} pending {}{}",
+            g.folder,
+            g.chat_id,
+            cursor,
+            pending,
+            if g.is_main { "  [main]" } else { "" }
+        );
+    }
+    let failed = store.failed_batches(10)?;
+    if failed.is_empty() {
+        println!("failed batches: none");
+    } else {
+        println!("failed batches (newest first):");
+        for f in failed {
+            let when = chrono::DateTime::from_timestamp_millis(f.failed_at)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default();
+            println!(
+                "  {when} {} messages {}..={} after {} attempts: {}",
+                f.group_folder, f.from_seq, f.through_seq, f.attempts, f.reason
+            );
+        }
+    }
+    println!("undelivered replies: {}", store.unsent_outbox()?.len());
     Ok(())
 }
 

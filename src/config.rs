@@ -33,6 +33,7 @@ const SECTIONS: &[&str] = &[
     "container",
     "provider",
     "terminal",
+    "channels",
     "log",
 ];
 
@@ -75,6 +76,7 @@ pub struct Config {
     pub container: ContainerDefaults,
     pub provider: ProviderConfig,
     pub terminal: TerminalConfig,
+    pub channels: ChannelsConfig,
     pub log: LogConfig,
     pub secrets: Secrets,
 }
@@ -133,6 +135,14 @@ pub struct ProviderConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TerminalConfig {
     pub user_name: String,
+}
+
+/// Channels that need no platform token, switched on by configuration.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChannelsConfig {
+    /// The local socket channel (`<home>/data/talon.sock`) for scripts and
+    /// bridges; off unless asked for.
+    pub socket: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -232,6 +242,7 @@ impl Default for Config {
             container: ContainerDefaults::default(),
             provider: ProviderConfig::default(),
             terminal: TerminalConfig::default(),
+            channels: ChannelsConfig::default(),
             log: LogConfig::default(),
             secrets: Secrets::default(),
         }
@@ -743,6 +754,9 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
     let terminal = TerminalConfig {
         user_name: s.get("terminal", "user_name", default_user, non_empty_text)?,
     };
+    let channels = ChannelsConfig {
+        socket: s.get("channels", "socket", defaults.channels.socket, boolean)?,
+    };
     let log = LogConfig {
         level: s.get("log", "level", defaults.log.level, log_filter)?,
     };
@@ -752,6 +766,7 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
         container,
         provider,
         terminal,
+        channels,
         log,
         secrets: Secrets::default(),
     })
@@ -823,6 +838,20 @@ where
         return Err(format!("must be at least {min}, not {value}"));
     }
     Ok(value)
+}
+
+/// A TOML boolean, or in a variable `true`/`false` (also `1`/`0`, `yes`/`no`,
+/// `on`/`off`, any case), as shells and `.env` files write them.
+fn boolean(raw: &Raw) -> Result<bool, String> {
+    match raw {
+        Raw::Toml(toml::Value::Boolean(value)) => Ok(*value),
+        Raw::Text(value) => match value.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(format!("must be true or false, not {value:?}")),
+        },
+        Raw::Toml(other) => Err(format!("must be true or false, not a {}", other.type_str())),
+    }
 }
 
 fn positive_float(raw: &Raw) -> Result<f64, String> {
@@ -977,6 +1006,7 @@ mod tests {
             terminal: TerminalConfig {
                 user_name: user.into(),
             },
+            channels: ChannelsConfig { socket: false },
             log: LogConfig {
                 level: "info".into(),
             },
@@ -1050,6 +1080,8 @@ mod tests {
             base_url = "http://127.0.0.1:4141"
             [terminal]
             user_name = "Ann"
+            [channels]
+            socket = true
             [log]
             level = "info,talon=debug"
             "#,
@@ -1069,6 +1101,7 @@ mod tests {
             Some("http://127.0.0.1:4141")
         );
         assert_eq!(config.terminal.user_name, "Ann");
+        assert!(config.channels.socket);
         assert_eq!(config.log.level, "info,talon=debug");
         // Untouched keys keep their defaults.
         assert_eq!(config.queue.max_messages_per_prompt, 10);
@@ -1085,6 +1118,7 @@ mod tests {
             ("TALON_CONTAINER_PIDS_LIMIT", "64"),
             ("TALON_PROVIDER_BASE_URL", "https://proxy.example"),
             ("TALON_LOG_LEVEL", "debug"),
+            ("TALON_CHANNELS_SOCKET", "true"),
         ])
         .unwrap();
         assert_eq!(config.queue.retry_base, Duration::from_millis(10));
@@ -1099,6 +1133,11 @@ mod tests {
             Some("https://proxy.example")
         );
         assert_eq!(config.log.level, "debug");
+        assert!(config.channels.socket);
+        for (text, expected) in [("1", true), ("Yes", true), ("off", false), ("FALSE", false)] {
+            let config = from_env(&[("TALON_CHANNELS_SOCKET", text)]).unwrap();
+            assert_eq!(config.channels.socket, expected, "{text}");
+        }
     }
 
     #[test]
@@ -1281,6 +1320,10 @@ mod tests {
                 &["provider.base_url", "http://"],
             ),
             (
+                &[("TALON_CHANNELS_SOCKET", "maybe")],
+                &["TALON_CHANNELS_SOCKET", "channels.socket", "true or false"],
+            ),
+            (
                 &[("TALON_LOG_LEVEL", "info,[")],
                 &["log.level", "log filter"],
             ),
@@ -1307,6 +1350,11 @@ mod tests {
         );
         let message = error_text(from_toml("[queue]\nmax_concurrent_containers = \"many\"\n"));
         assert!(message.contains("whole number, not a string"), "{message}");
+        let message = error_text(from_toml("[channels]\nsocket = \"yes\"\n"));
+        assert!(
+            message.contains("channels.socket") && message.contains("true or false, not a string"),
+            "{message}"
+        );
         let message = error_text(from_toml("[assistant]\nname = 3\n"));
         assert!(
             message.contains("assistant.name") && message.contains("must be a string"),

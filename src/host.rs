@@ -4,7 +4,7 @@
 //! talon (root supervisor, one-for-one)
 //! ├── router
 //! ├── groups (supervisor)  ── queue:<folder> ── container:<name>
-//! └── channels (supervisor) ── channel:term
+//! └── channels (supervisor) ── channel:term, channel:sock
 //! ```
 //!
 //! [`HostContext`] is what every actor shares: the store, the configuration,
@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 
 use crate::actors::group_queue::{queue_name, GroupQueue, GroupQueueArgs};
 use crate::actors::router::{Router, RouterArgs, RouterMsg, ROUTER};
+use crate::actors::socket::{SocketArgs, SocketChannel};
 use crate::actors::supervisor::{
     spawn_supervisor, Backoff, ChildSpec, Intensity, Restart, Strategy, SupervisorMsg,
     SupervisorSpec,
@@ -45,6 +46,8 @@ pub struct HostContext {
     pub provider: Arc<dyn Provider>,
     /// Global limit on running containers; waiters are served FIFO.
     pub slots: Arc<Semaphore>,
+    /// Groups waiting for a slot right now (idle containers yield to them).
+    pub slot_waiters: Arc<std::sync::atomic::AtomicUsize>,
     pub timezone: chrono_tz::Tz,
     /// Mounted read-only into main's container, when known.
     pub project_root: Option<PathBuf>,
@@ -128,6 +131,7 @@ impl HostContext {
             docker,
             provider,
             slots,
+            slot_waiters: Arc::default(),
             timezone,
             project_root: None,
             instance,
@@ -369,6 +373,48 @@ fn terminal_spec(args: TerminalArgs) -> ChildSpec {
     })
 }
 
+fn socket_spec(args: SocketArgs) -> ChildSpec {
+    let name = channel_name(crate::messages::socket::SOCKET_PREFIX);
+    ChildSpec::actor(&name, Restart::Permanent, move || {
+        (SocketChannel, args.clone())
+    })
+}
+
+/// The channel actors a host runs; each is optional.
+#[derive(Clone, Default)]
+pub struct Channels {
+    pub terminal: Option<TerminalArgs>,
+    pub socket: Option<SocketArgs>,
+}
+
+impl Channels {
+    /// Only the terminal channel.
+    pub fn terminal(args: TerminalArgs) -> Channels {
+        Channels {
+            terminal: Some(args),
+            socket: None,
+        }
+    }
+
+    /// Names of the channels that will run, for the startup line.
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.terminal.is_some() {
+            names.push("terminal");
+        }
+        if self.socket.is_some() {
+            names.push("socket");
+        }
+        names
+    }
+
+    fn specs(self) -> Vec<ChildSpec> {
+        let mut specs: Vec<ChildSpec> = self.terminal.into_iter().map(terminal_spec).collect();
+        specs.extend(self.socket.map(socket_spec));
+        specs
+    }
+}
+
 /// Restart policy shared by the host's subtrees: a few quick restarts are
 /// absorbed, a crash loop escalates.
 fn default_intensity() -> Intensity {
@@ -389,16 +435,13 @@ pub struct Host {
     handle: tokio::task::JoinHandle<()>,
 }
 
-/// Starts the tree. `terminal` adds the terminal channel.
-pub async fn start(
-    ctx: Arc<HostContext>,
-    terminal: Option<TerminalArgs>,
-) -> Result<Host, HostError> {
+/// Starts the tree with the given channel actors.
+pub async fn start(ctx: Arc<HostContext>, channels: Channels) -> Result<Host, HostError> {
     let orphans = remove_orphans(&ctx.docker, &ctx.instance).await;
     if orphans > 0 {
         tracing::warn!(orphans, "removed containers left by a previous host");
     }
-    let channel_children: Vec<ChildSpec> = terminal.into_iter().map(terminal_spec).collect();
+    let channel_children = channels.specs();
     let groups_ctx = ctx.clone();
     let spec = SupervisorSpec {
         strategy: Strategy::OneForOne,

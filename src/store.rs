@@ -527,6 +527,25 @@ impl Store {
         Ok(row)
     }
 
+    /// Queues a scheduled task's output: a reply that completes no messages.
+    pub fn record_task_output(
+        &self,
+        chat_id: &str,
+        group_folder: &str,
+        text: &str,
+    ) -> Result<OutboxRow> {
+        let conn = self.conn()?;
+        insert_outbox(
+            &conn,
+            chat_id,
+            group_folder,
+            OutboxKind::Reply,
+            text,
+            None,
+            None,
+        )
+    }
+
     /// Queues a notice that completes nothing (e.g. a permanent error).
     pub fn record_notice(
         &self,

@@ -155,6 +155,20 @@ async fn a_500_that_persists_ends_in_an_error_line_after_retries() {
     assert!(stdout.contains("500"), "{stdout}");
     // (1 try + 2 provider retries) for the first run and again for the one batch retry.
     assert_eq!(model.request_count(), 6);
+    // The failed batch is kept and shown by `talon status`.
+    let status = talon(&host_env(home.path(), &model.base_url))
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", stderr_of(&status));
+    let text = stdout_of(&status);
+    assert!(text.contains("talon is not running"), "{text}");
+    assert!(text.contains("failed batches (newest first)"), "{text}");
+    assert!(
+        text.contains("after 2 attempts") && text.contains("500"),
+        "{text}"
+    );
+    assert!(text.contains("undelivered replies: 0"), "{text}");
 }
 
 #[test]

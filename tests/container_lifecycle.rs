@@ -204,13 +204,15 @@ async fn a_live_container_is_hardened() {
     let chat_env = env.clone();
     let chat = tokio::task::spawn_blocking(move || piped_chat(&chat_env, b"work\n", LIMIT));
     let home_path = home.path().to_path_buf();
-    let name = tokio::task::spawn_blocking(move || wait_for_container(&home_path, LIMIT))
+    let info = tokio::task::spawn_blocking(move || inspect_running_container(&home_path, LIMIT))
         .await
         .unwrap();
-
-    let inspect = docker_cli(&["inspect", &name]);
-    let info: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
-    let host_config = &info[0]["HostConfig"];
+    let name = info["Name"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches('/')
+        .to_string();
+    let host_config = &info["HostConfig"];
     assert_eq!(host_config["NetworkMode"], "none");
     assert_eq!(host_config["CapDrop"], serde_json::json!(["ALL"]));
     assert!(host_config["SecurityOpt"]
@@ -221,9 +223,9 @@ async fn a_live_container_is_hardened() {
     assert_eq!(host_config["PidsLimit"], 64);
     assert_eq!(host_config["Memory"], 256 * 1024 * 1024);
     assert_eq!(host_config["NanoCpus"], 500_000_000);
-    let user = info[0]["Config"]["User"].as_str().unwrap();
+    let user = info["Config"]["User"].as_str().unwrap();
     assert!(!user.starts_with("0:") && user != "0", "runs as {user}");
-    let env_list = info[0]["Config"]["Env"].to_string();
+    let env_list = info["Config"]["Env"].to_string();
     assert!(env_list.contains("TZ=UTC"));
     assert!(
         !env_list.contains("canary"),
@@ -355,19 +357,17 @@ async fn a_groups_container_config_applies_named_secrets_limits_and_allowed_moun
         )))
         .unwrap();
     let home = host.home.path().to_path_buf();
-    let name = tokio::task::spawn_blocking(move || wait_for_container(&home, LIMIT))
+    let info = tokio::task::spawn_blocking(move || inspect_running_container(&home, LIMIT))
         .await
         .unwrap();
-    let info: serde_json::Value =
-        serde_json::from_slice(&docker_cli(&["inspect", &name]).stdout).unwrap();
-    assert_eq!(info[0]["HostConfig"]["Memory"], 128 * 1024 * 1024);
-    let env = info[0]["Config"]["Env"].to_string();
+    assert_eq!(info["HostConfig"]["Memory"], 128 * 1024 * 1024);
+    let env = info["Config"]["Env"].to_string();
     assert!(
         env.contains("TALON_TEST_GROUP_SECRET=group-secret-value"),
         "{env}"
     );
     assert!(!env.contains("must-not-pass"), "{env}");
-    let binds = info[0]["HostConfig"]["Binds"].to_string();
+    let binds = info["HostConfig"]["Binds"].to_string();
     assert!(binds.contains("/workspace/extra/shared:ro"), "{binds}");
     assert!(
         !binds.contains(".ssh") && !binds.contains("keys"),

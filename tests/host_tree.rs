@@ -252,3 +252,78 @@ async fn a_panicking_actor_in_the_tree_is_restarted_and_the_host_keeps_serving()
     );
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_due_task_runs_before_the_groups_waiting_messages_and_idle_slots_are_yielded() {
+    use support::fake_anthropic::{FakeAnthropic, Reply};
+    use talon::actors::group_queue::{queue_name, DueTask, GroupQueueMsg};
+    let _one = ONE_HOST.lock().await;
+    let Some(docker) = docker_with_image().await else {
+        return;
+    };
+    let model = FakeAnthropic::start_with(|body| {
+        let prompt = last_user_text(body);
+        if prompt.contains("slow") {
+            Reply::delayed(Duration::from_millis(1500), Reply::text("slow done"))
+        } else if prompt.contains("<scheduled_task") {
+            Reply::text("task done")
+        } else {
+            Reply::text(format!("reply to: {}", last_message_text(&prompt)))
+        }
+    })
+    .await;
+    let groups = [
+        group(TERMINAL_CHAT, "main", true, false),
+        group("term:g1", "g1", false, false),
+    ];
+    // One slot: g1 has to wait while main works. Main's container would idle
+    // for 10 minutes: it must give the slot up as soon as it is idle.
+    let overrides = [
+        ("TALON_QUEUE_MAX_CONCURRENT_CONTAINERS", "1"),
+        ("TALON_CONTAINER_IDLE_TIMEOUT", "10m"),
+    ];
+    let mut host = start_host_with(docker, &model, &groups, &overrides).await;
+    router()
+        .cast(RouterMsg::Inbound(message(TERMINAL_CHAT, "m1", "slow")))
+        .unwrap();
+    // Wait until main holds the slot.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while model.request_count() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "main never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A message for g1 arrives first, then one of its tasks falls due.
+    router()
+        .cast(RouterMsg::Inbound(message("term:g1", "g1-1", "hello g1")))
+        .unwrap();
+    let queue: ActorRef<GroupQueueMsg> =
+        ractor::registry::where_is(queue_name("g1")).unwrap().into();
+    let task = tokio::spawn(async move {
+        ractor::call!(queue, |reply| GroupQueueMsg::TaskDue(DueTask {
+            task_id: "daily-digest".into(),
+            prompt: "summarise the day".into(),
+            done: Some(reply),
+        }))
+    });
+    assert_eq!(
+        host.next_reply().await,
+        TerminalOutput::Reply("slow done".into())
+    );
+    assert_eq!(
+        host.next_reply().await,
+        TerminalOutput::Reply("task done".into())
+    );
+    assert_eq!(
+        host.next_reply().await,
+        TerminalOutput::Reply("reply to: hello g1".into())
+    );
+    let outcome = task.await.unwrap().unwrap();
+    assert!(outcome.success);
+    assert_eq!(outcome.output, "task done");
+    // The task completed no messages: the cursor moved only for the message.
+    assert_eq!(
+        host.store.cursor("term:g1").unwrap(),
+        host.store.latest_seq("term:g1").unwrap()
+    );
+    host.stop().await;
+}

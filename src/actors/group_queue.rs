@@ -7,6 +7,7 @@
 //! [`crate::retry`] when a run fails. A batch whose run fails before any
 //! output never moves the cursor: the next attempt sees the same messages.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,12 +32,42 @@ pub fn queue_name(folder: &str) -> String {
 pub enum GroupQueueMsg {
     /// New messages may be waiting (from the router, or recovery).
     Wake,
+    /// A scheduled task of this group is due: it runs before waiting messages.
+    TaskDue(DueTask),
+    /// Another group waits for a container slot: an idle container here
+    /// should close and free its slot.
+    SlotWanted,
     /// A global container slot is ours.
     SlotGranted(OwnedSemaphorePermit),
     /// A retry delay has passed.
     RetryDue,
     Container(ContainerEvent),
     Inspect(RpcReplyPort<serde_json::Value>),
+}
+
+/// A due scheduled task, handed over by the scheduler.
+pub struct DueTask {
+    pub task_id: String,
+    pub prompt: String,
+    /// Told how the run went (the scheduler logs it).
+    pub done: Option<RpcReplyPort<TaskOutcome>>,
+}
+
+/// How a task run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOutcome {
+    pub task_id: String,
+    pub success: bool,
+    /// What the agent said, as delivered to the chat.
+    pub output: String,
+    pub error: Option<String>,
+}
+
+/// A task the agent is working on.
+struct RunningTask {
+    task_id: String,
+    output: String,
+    done: Option<RpcReplyPort<TaskOutcome>>,
 }
 
 pub struct GroupQueueArgs {
@@ -67,6 +98,9 @@ pub struct GroupQueueState {
     running: Option<Running>,
     waiting_for_slot: bool,
     in_flight: Option<InFlight>,
+    /// Due tasks, served before messages.
+    due_tasks: std::collections::VecDeque<DueTask>,
+    task_in_flight: Option<RunningTask>,
     /// Failures of the batch at the cursor so far.
     failures: u32,
     retry_pending: bool,
@@ -75,6 +109,15 @@ pub struct GroupQueueState {
 }
 
 pub struct GroupQueue;
+
+/// The prompt of a scheduled task run.
+pub fn task_prompt(task_id: &str, prompt: &str) -> String {
+    format!(
+        "<scheduled_task id=\"{}\">{}</scheduled_task>",
+        crate::prompt::escape_xml(task_id),
+        crate::prompt::escape_xml(prompt)
+    )
+}
 
 /// How many pending messages a queue looks through for one that wakes the agent.
 const PENDING_SCAN: usize = 10_000;
@@ -102,8 +145,10 @@ pub fn select_batch(
 /// must be cleared and the batch retried fresh).
 pub fn is_stale_session_error(error: &str) -> bool {
     let e = error.to_ascii_lowercase();
-    e.contains("session")
-        && (e.contains("not found") || e.contains("unknown") || e.contains("missing"))
+    // Claude Code's own wording for a missing transcript has no "not found".
+    e.contains("no conversation found")
+        || (e.contains("session")
+            && (e.contains("not found") || e.contains("unknown") || e.contains("missing")))
 }
 
 impl GroupQueue {
@@ -135,6 +180,44 @@ impl GroupQueue {
         crate::prompt::format_prompt(batch, state.ctx.timezone)
     }
 
+    /// The next work for the agent: a due task first, else a message batch.
+    fn take_work(state: &mut GroupQueueState) -> Result<Option<String>, ActorProcessingErr> {
+        if let Some(task) = state.due_tasks.pop_front() {
+            let prompt = task_prompt(&task.task_id, &task.prompt);
+            state.task_in_flight = Some(RunningTask {
+                task_id: task.task_id,
+                output: String::new(),
+                done: task.done,
+            });
+            return Ok(Some(prompt));
+        }
+        Self::take_batch(state)
+    }
+
+    fn has_work(state: &GroupQueueState) -> Result<bool, ActorProcessingErr> {
+        Ok(!state.due_tasks.is_empty() || !Self::next_batch(state)?.is_empty())
+    }
+
+    fn busy(state: &GroupQueueState) -> bool {
+        state.in_flight.is_some() || state.task_in_flight.is_some() || state.retry_pending
+    }
+
+    /// Reports a finished task run to whoever handed it over.
+    fn finish_task(state: &mut GroupQueueState, error: Option<String>) {
+        if let Some(task) = state.task_in_flight.take() {
+            let outcome = TaskOutcome {
+                task_id: task.task_id,
+                success: error.is_none(),
+                output: task.output,
+                error,
+            };
+            tracing::info!(group = %state.group.folder, task = %outcome.task_id, success = outcome.success, "task run finished");
+            if let Some(done) = task.done {
+                let _ = done.send(outcome);
+            }
+        }
+    }
+
     fn take_batch(state: &mut GroupQueueState) -> Result<Option<String>, ActorProcessingErr> {
         let batch = Self::next_batch(state)?;
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
@@ -154,7 +237,7 @@ impl GroupQueue {
         myself: &ActorRef<GroupQueueMsg>,
         state: &mut GroupQueueState,
     ) -> Result<(), ActorProcessingErr> {
-        if state.in_flight.is_some() || state.retry_pending {
+        if Self::busy(state) {
             return Ok(());
         }
         if let Some(running) = &state.running {
@@ -163,20 +246,27 @@ impl GroupQueue {
             }
             // Warm path: the agent is idle in its container; pipe the batch in.
             let container = running.container.clone();
-            if let Some(prompt) = Self::take_batch(state)? {
+            if let Some(prompt) = Self::take_work(state)? {
                 container.cast(ContainerMsg::FollowUp(prompt))?;
             }
             return Ok(());
         }
-        if state.waiting_for_slot || Self::next_batch(state)?.is_empty() {
+        if state.waiting_for_slot || !Self::has_work(state)? {
             return Ok(());
         }
         state.waiting_for_slot = true;
         let slots = state.ctx.slots.clone();
+        let waiting = state.ctx.slot_waiters.clone();
+        if slots.available_permits() == 0 {
+            ask_idle_containers_to_close(&state.group.folder);
+        }
         let me = myself.clone();
+        waiting.fetch_add(1, Ordering::SeqCst);
         // Semaphore waiters are served in FIFO order across groups.
         tokio::spawn(async move {
-            if let Ok(permit) = slots.acquire_owned().await {
+            let permit = slots.acquire_owned().await;
+            waiting.fetch_sub(1, Ordering::SeqCst);
+            if let Ok(permit) = permit {
                 if me.cast(GroupQueueMsg::SlotGranted(permit)).is_err() {
                     tracing::debug!("queue stopped while waiting for a slot");
                 }
@@ -190,7 +280,7 @@ impl GroupQueue {
         state: &mut GroupQueueState,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(prompt) = Self::take_batch(state)? else {
+        let Some(prompt) = Self::take_work(state)? else {
             return Ok(()); // nothing to do after all; the permit is released
         };
         // The group's settings may have changed (`talon groups set`) since
@@ -254,6 +344,22 @@ impl GroupQueue {
 
     fn on_output(state: &mut GroupQueueState, text: String) -> Result<(), ActorProcessingErr> {
         let visible = crate::outbound::strip_internal(&text);
+        if let Some(task) = state.task_in_flight.as_mut() {
+            // A task's output goes to the chat; it completes no messages.
+            if !visible.is_empty() {
+                if !task.output.is_empty() {
+                    task.output.push('\n');
+                }
+                task.output.push_str(&visible);
+                let row = state.ctx.store.record_task_output(
+                    &state.group.chat_id,
+                    &state.group.folder,
+                    &visible,
+                )?;
+                deliver_row(row);
+            }
+            return Ok(());
+        }
         let Some(batch) = state.in_flight.as_mut() else {
             // Output outside a batch (e.g. a note after the turn): still the user's.
             if !visible.is_empty() {
@@ -348,6 +454,20 @@ impl GroupQueue {
                         result.last_assistant_id.as_deref(),
                     )?;
                 }
+                if state.task_in_flight.is_some() {
+                    let error = match result.status {
+                        RunStatus::Success => None,
+                        RunStatus::Error => Some(
+                            result
+                                .error
+                                .unwrap_or_else(|| "the agent failed without saying why".into()),
+                        ),
+                    };
+                    Self::finish_task(state, error);
+                    Self::pump(myself, state).await?;
+                    Self::yield_idle_slot(state);
+                    return Ok(());
+                }
                 match result.status {
                     RunStatus::Success => {
                         if let Some(batch) = state.in_flight.clone() {
@@ -377,9 +497,17 @@ impl GroupQueue {
                     }
                 }
                 Self::pump(myself, state).await?;
+                Self::yield_idle_slot(state);
             }
             ContainerEvent::Exited(report) => {
                 state.running = None; // releases the slot
+                if state.task_in_flight.is_some() {
+                    let reason = report
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "the agent's container exited during the task".into());
+                    Self::finish_task(state, Some(reason));
+                }
                 if state.in_flight.is_some() {
                     let reason = match (&report.error, report.exit_code) {
                         (Some(error), _) => error.clone(),
@@ -397,6 +525,15 @@ impl GroupQueue {
             }
         }
         Ok(())
+    }
+
+    /// An idle container gives its slot up when another group waits for one.
+    fn yield_idle_slot(state: &mut GroupQueueState) {
+        let idle = state.running.as_ref().is_some_and(|r| !r.closing) && !Self::busy(state);
+        if idle && state.ctx.slot_waiters.load(Ordering::SeqCst) > 0 {
+            tracing::info!(group = %state.group.folder, "closing an idle container: another group waits for a slot");
+            Self::close_container(state);
+        }
     }
 
     fn close_container(state: &mut GroupQueueState) {
@@ -420,6 +557,18 @@ pub fn deliver_row(row: OutboxRow) {
         }
         None => {
             tracing::warn!(chat = %row.chat_id, %channel, "no such channel running; reply stays in the outbox")
+        }
+    }
+}
+
+/// Tells every other group's queue that a slot is wanted.
+fn ask_idle_containers_to_close(own_folder: &str) {
+    let own = queue_name(own_folder);
+    for name in ractor::registry::registered() {
+        if name.starts_with("queue:") && name != own {
+            if let Some(cell) = ractor::registry::where_is(name) {
+                let _ = cell.send_message(GroupQueueMsg::SlotWanted);
+            }
         }
     }
 }
@@ -467,6 +616,8 @@ impl Actor for GroupQueue {
             running: None,
             waiting_for_slot: false,
             in_flight: None,
+            due_tasks: std::collections::VecDeque::new(),
+            task_in_flight: None,
             failures: 0,
             retry_pending: false,
             last_error: None,
@@ -481,9 +632,14 @@ impl Actor for GroupQueue {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             GroupQueueMsg::Wake => Self::pump(&myself, state).await?,
+            GroupQueueMsg::SlotWanted => Self::yield_idle_slot(state),
+            GroupQueueMsg::TaskDue(task) => {
+                state.due_tasks.push_back(task);
+                Self::pump(&myself, state).await?;
+            }
             GroupQueueMsg::SlotGranted(permit) => {
                 state.waiting_for_slot = false;
-                if state.running.is_none() && state.in_flight.is_none() && !state.retry_pending {
+                if state.running.is_none() && !Self::busy(state) {
                     Self::start_container(&myself, state, permit).await?;
                 }
             }
@@ -509,6 +665,8 @@ impl Actor for GroupQueue {
                     "in_flight": state.in_flight.as_ref().map(|b| json!({
                         "from_seq": b.from_seq, "through_seq": b.through_seq, "output_sent": b.output_sent,
                     })),
+                    "due_tasks": state.due_tasks.len(),
+                    "task_running": state.task_in_flight.as_ref().map(|t| t.task_id.clone()),
                     "failures": state.failures,
                     "retry_pending": state.retry_pending,
                     "last_error": state.last_error,
@@ -633,6 +791,12 @@ mod tests {
     fn stale_session_errors_are_recognised() {
         assert!(is_stale_session_error(
             "No conversation found with session ID abc: session not found"
+        ));
+        assert!(is_stale_session_error(
+            "No conversation found with session ID abc"
+        ));
+        assert!(is_stale_session_error(
+            "No conversation found with session ID: 0b1e2f"
         ));
         assert!(is_stale_session_error("Session transcript missing"));
         assert!(is_stale_session_error("unknown session id"));

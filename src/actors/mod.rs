@@ -4,5 +4,6 @@
 pub mod container;
 pub mod group_queue;
 pub mod router;
+pub mod socket;
 pub mod supervisor;
 pub mod terminal;

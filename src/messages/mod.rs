@@ -3,6 +3,7 @@
 
 pub mod actor;
 pub mod channel;
+pub mod socket;
 pub mod wire;
 
 pub use actor::*;

@@ -79,7 +79,9 @@ pub async fn start_host_with(
         output: tx,
         gate: Arc::new(Semaphore::new(1)),
     };
-    let host = host::start(Arc::new(ctx), Some(terminal)).await.unwrap();
+    let host = host::start(Arc::new(ctx), host::Channels::terminal(terminal))
+        .await
+        .unwrap();
     TestHost {
         host: Some(host),
         replies,
@@ -93,6 +95,15 @@ impl TestHost {
         if let Some(host) = self.host.take() {
             host.shutdown().await;
         }
+    }
+
+    /// Stops the host and hands back its home, which then still holds what
+    /// the host left behind (run logs are written as containers stop).
+    pub async fn stop_keeping_home(mut self) -> Home {
+        if let Some(host) = self.host.take() {
+            host.shutdown().await;
+        }
+        self.home
     }
 
     pub async fn next_reply(&mut self) -> TerminalOutput {

@@ -267,3 +267,40 @@ pub fn wait_for_container(home: &Path, limit: Duration) -> String {
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// `docker inspect` of a running container of the home, retried (bounded)
+/// when the container listed goes away before it is inspected (a failed start
+/// is retried by the host under a new name).
+pub fn inspect_running_container(home: &Path, limit: Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let instance = talon::docker::instance_id(home);
+        let listed = Command::new("docker")
+            .args([
+                "ps",
+                "--filter",
+                &format!("label=talon.instance={instance}"),
+                "--format",
+                "{{.Names}}",
+            ])
+            .output()
+            .expect("docker ps");
+        let names = String::from_utf8_lossy(&listed.stdout).to_string();
+        if let Some(name) = names.lines().next() {
+            let inspected = Command::new("docker")
+                .args(["inspect", name])
+                .output()
+                .expect("docker inspect");
+            if let Ok(info) = serde_json::from_slice::<serde_json::Value>(&inspected.stdout) {
+                if info[0].is_object() {
+                    return info[0].clone();
+                }
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no running container to inspect"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

@@ -1,0 +1,244 @@
+//! The local socket channel through the real binary (`talon run`), the real
+//! Docker engine and agent image, and a fake model: a message in, the reply
+//! line out; refused lines; and a reply made while no client was connected,
+//! handed to the next client that connects.
+
+#[path = "support/socket_client.rs"]
+mod socket_client;
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use socket_client::{connect, Read};
+use support::fake_anthropic::{FakeAnthropic, Reply};
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Answers `reply to: <text>`; a text containing "slow" waits a moment
+/// first, long enough for its sender to hang up.
+async fn model() -> FakeAnthropic {
+    FakeAnthropic::start_with(|body| {
+        let text = last_message_text(&last_user_text(body));
+        let reply = Reply::text(format!("reply to: {text}"));
+        if text.contains("slow") {
+            Reply::delayed(Duration::from_millis(1500), reply)
+        } else {
+            reply
+        }
+    })
+    .await
+}
+
+/// The host's stderr, collected by a thread as it comes.
+fn collect_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let stderr = child.stderr.take().expect("stderr piped");
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_clients_get_replies_and_what_they_missed() {
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
+    let model = model().await;
+    let home = Home::new();
+    let paths = home.paths();
+    let mut env = host_env(home.path(), &model.base_url);
+    env.push(("TALON_CHANNELS_SOCKET".into(), "true".into()));
+    let socket = home.path().join("data/talon.sock");
+
+    let added = talon(&env)
+        .args([
+            "groups",
+            "add",
+            "sock:a",
+            "--name",
+            "A",
+            "--folder",
+            "a",
+            "--no-trigger",
+        ])
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{}", stderr_of(&added));
+    // A socket left by a host that died: the new host replaces it.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+
+    let mut daemon = talon(&env)
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = collect_stderr(&mut daemon);
+    wait_until("the startup line", LIMIT, || {
+        stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("talon: running; channels: socket"))
+    })
+    .await;
+    {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
+
+    // Refused lines get an error line each; the connection stays usable.
+    let mut first = connect(&socket, LIMIT).await;
+    assert!(first.send_raw(b"this is not json\n").await);
+    let error = first.expect_line(LIMIT).await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid message line"),
+        "{error}"
+    );
+    assert!(first.send("term:local", "x1", "sneaky").await);
+    let error = first.expect_line(LIMIT).await;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a socket chat"),
+        "{error}"
+    );
+    let mut huge = vec![b'x'; 1024 * 1024 + 10];
+    huge.push(b'\n');
+    assert!(first.send_raw(&huge).await);
+    let error = first.expect_line(LIMIT).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("longer than"),
+        "{error}"
+    );
+
+    // A message in, its reply out, then the settled line.
+    assert!(first.send("sock:a", "1", "hello").await);
+    let reply = first.expect_line(LIMIT).await;
+    assert_eq!(reply["type"], "reply", "{reply}");
+    assert_eq!(reply["chat"], "sock:a");
+    assert_eq!(reply["kind"], "reply");
+    assert_eq!(reply["text"], "reply to: hello");
+    assert!(reply["outbox_id"].as_i64().is_some(), "{reply}");
+    let settled = first.expect_line(LIMIT).await;
+    assert_eq!(settled["type"], "settled", "{settled}");
+    assert_eq!(settled["chat"], "sock:a");
+    assert!(settled["through_seq"].as_i64().unwrap() >= 1, "{settled}");
+    // The same id again is recognised: no second answer.
+    assert!(first.send("sock:a", "1", "hello").await);
+    drop(first);
+
+    // A second client sends, then hangs up before the (slow) reply exists.
+    let mut second = connect(&socket, LIMIT).await;
+    assert!(second.send("sock:a", "2", "slow one").await);
+    drop(second);
+    let store = talon::store::Store::open(&paths.db()).unwrap();
+    wait_until("the reply to wait in the outbox", LIMIT, || {
+        store
+            .unsent_outbox()
+            .unwrap()
+            .iter()
+            .any(|row| row.chat_id == "sock:a")
+    })
+    .await;
+    let held = store.unsent_outbox().unwrap();
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0].text, "reply to: slow one");
+
+    // The next client is handed it at once, and then it counts as sent.
+    let mut third = connect(&socket, LIMIT).await;
+    let (missed, before) = third.until("reply", LIMIT).await;
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(
+        missed,
+        json!({"type": "reply", "chat": "sock:a", "outbox_id": held[0].id, "kind": "reply",
+               "text": "reply to: slow one"})
+    );
+    wait_until("the reply to be marked sent", LIMIT, || {
+        store.unsent_outbox().unwrap().is_empty()
+    })
+    .await;
+    // Nothing else was owed: in particular no second answer to "hello".
+    match third.read(Duration::from_millis(500)).await {
+        Read::Nothing => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    let hellos = model
+        .requests()
+        .iter()
+        .filter(|r| last_message_text(&last_user_text(&r.body)) == "hello")
+        .count();
+    assert_eq!(hellos, 1, "the resent message reached the model again");
+
+    // A clean stop takes the socket file and every container with it.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = daemon.wait().unwrap();
+    assert!(
+        status.success(),
+        "exit {status:?}: {:?}",
+        stderr.lock().unwrap()
+    );
+    match third.read(LIMIT).await {
+        Read::Closed => {}
+        other => panic!("the connection outlived the host: {other:?}"),
+    }
+    assert!(!socket.exists(), "the socket file was left behind");
+    assert!(talon_containers(home.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_socket_channel_is_off_unless_enabled() {
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
+    let home = Home::new();
+    let env = host_env(home.path(), "http://127.0.0.1:9");
+    let mut daemon = talon(&env)
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = collect_stderr(&mut daemon);
+    wait_until("the startup line", LIMIT, || {
+        stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("talon: running"))
+    })
+    .await;
+    let startup = stderr.lock().unwrap().join("\n");
+    assert!(startup.contains("running with no channels"), "{startup}");
+    assert!(!home.path().join("data/talon.sock").exists());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+}
