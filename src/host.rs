@@ -46,6 +46,8 @@ pub struct HostContext {
     pub provider: Arc<dyn Provider>,
     /// Global limit on running containers; waiters are served FIFO.
     pub slots: Arc<Semaphore>,
+    /// Performs agents' host requests.
+    pub actions: Arc<crate::host_actions::HostActions>,
     /// Groups waiting for a slot right now (idle containers yield to them).
     pub slot_waiters: Arc<std::sync::atomic::AtomicUsize>,
     pub timezone: chrono_tz::Tz,
@@ -132,6 +134,7 @@ impl HostContext {
             provider,
             slots,
             slot_waiters: Arc::default(),
+            actions: Arc::new(crate::host_actions::HostActions {}),
             timezone,
             project_root: None,
             instance,

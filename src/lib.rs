@@ -16,6 +16,7 @@ pub mod container_config;
 pub mod docker;
 pub mod dump;
 pub mod host;
+pub mod host_actions;
 pub mod image;
 pub mod logging;
 pub mod messages;

@@ -48,14 +48,16 @@ fn ask(text: &str) -> ModelRequest {
             content: vec![ContentBlock::Text { text: text.into() }],
         }],
         max_tokens: 256,
+        tools: Vec::new(),
     }
 }
 
 fn text_of(content: &[ContentBlock]) -> Vec<&str> {
     content
         .iter()
-        .map(|block| match block {
-            ContentBlock::Text { text } => text.as_str(),
+        .filter_map(|block| match block {
+            ContentBlock::Text { text } => Some(text.as_str()),
+            _ => None,
         })
         .collect()
 }

@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::actors::group_queue::GroupQueueMsg;
 use crate::docker::{create_body, RunSpec};
+use crate::host_actions::{Caller, HostActions};
 use crate::messages::wire::{self, HostToRunner, RunResult, RunnerToHost, StartRun};
 use crate::provider::Provider;
 
@@ -67,6 +68,10 @@ pub enum ContainerMsg {
         request_id: u64,
         result: wire::ModelResult,
     },
+    HostAnswered {
+        request_id: u64,
+        result: wire::HostResult,
+    },
     IdleFired(u64),
     HardFired,
 }
@@ -81,6 +86,9 @@ pub struct ContainerArgs {
     pub hard_timeout: Duration,
     pub max_output_bytes: u64,
     pub log_path: PathBuf,
+    /// Performs the agent's host requests, as `caller`.
+    pub actions: Arc<HostActions>,
+    pub caller: Caller,
 }
 
 pub struct ContainerState {
@@ -391,6 +399,17 @@ impl Actor for ContainerActor {
                         let _ = me.cast(ContainerMsg::ModelAnswered { request_id, result });
                     }));
                 }
+                RunnerToHost::HostRequest { request_id, action } => {
+                    // Authorised by who this container is, never by the request.
+                    let actions = state.args.actions.clone();
+                    let caller = state.args.caller.clone();
+                    let me = myself.clone();
+                    state.tasks.retain(|t| !t.is_finished());
+                    state.tasks.push(tokio::spawn(async move {
+                        let result = actions.perform(&caller, action).await;
+                        let _ = me.cast(ContainerMsg::HostAnswered { request_id, result });
+                    }));
+                }
                 RunnerToHost::Result(result) => {
                     Self::arm_idle(state, &myself);
                     let _ = state
@@ -399,6 +418,9 @@ impl Actor for ContainerActor {
                         .cast(GroupQueueMsg::Container(ContainerEvent::TurnDone(result)));
                 }
             },
+            ContainerMsg::HostAnswered { request_id, result } => {
+                Self::send(state, &HostToRunner::HostResponse { request_id, result }).await;
+            }
             ContainerMsg::ModelAnswered { request_id, result } => {
                 Self::send(state, &HostToRunner::ModelResponse { request_id, result }).await;
             }

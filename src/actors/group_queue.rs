@@ -320,6 +320,12 @@ impl GroupQueue {
             hard_timeout: plan.hard_timeout,
             max_output_bytes: ctx.config.container.max_output_bytes,
             log_path,
+            actions: ctx.actions.clone(),
+            caller: crate::host_actions::Caller {
+                group_folder: group.folder.clone(),
+                chat_id: group.chat_id.clone(),
+                is_main: group.is_main,
+            },
         };
         let (container, _) = Actor::spawn_linked(
             Some(format!("container:{container_name}")),

@@ -34,6 +34,8 @@ pub enum HostToRunner {
         request_id: u64,
         result: ModelResult,
     },
+    /// The answer to a [`RunnerToHost::HostRequest`] with the same id.
+    HostResponse { request_id: u64, result: HostResult },
 }
 
 /// Everything the runner needs to begin a run.
@@ -65,6 +67,10 @@ pub enum RunnerToHost {
         request_id: u64,
         request: ModelRequest,
     },
+    /// Ask the host to act (message, tasks, groups, web fetch). The host
+    /// decides what is allowed from the container's own identity, never from
+    /// anything in the request.
+    HostRequest { request_id: u64, action: HostAction },
     /// The end of one turn (a start or a follow-up).
     Result(RunResult),
 }
@@ -95,6 +101,18 @@ pub struct ModelRequest {
     pub system: String,
     pub messages: Vec<ChatMessage>,
     pub max_tokens: u32,
+    /// Tools the model may call (Anthropic tool-use shape).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
+}
+
+/// A tool the model may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the tool's input object.
+    pub input_schema: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,7 +132,22 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ContentBlock {
-    Text { text: String },
+    Text {
+        text: String,
+    },
+    /// The model calls a tool.
+    ToolUse {
+        id: String,
+        name: String,
+        input: serde_json::Value,
+    },
+    /// What a tool call returned (sent back in a user message).
+    ToolResult {
+        tool_use_id: String,
+        content: String,
+        #[serde(default)]
+        is_error: bool,
+    },
 }
 
 /// The host's answer to a model request.
@@ -153,6 +186,76 @@ pub enum ErrorKind {
     Auth,
     /// Anything else a retry cannot fix (400, unknown model, malformed reply).
     Permanent,
+}
+
+/// Something the agent asks the host to do on its behalf.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum HostAction {
+    /// Send a message to a chat now; `chat_id` defaults to the group's own.
+    SendMessage {
+        #[serde(default)]
+        chat_id: Option<String>,
+        text: String,
+    },
+    /// Schedule a task for the group (main may name another group's chat).
+    ScheduleTask {
+        prompt: String,
+        /// `cron`, `interval` or `once`.
+        schedule_type: String,
+        /// A 5-field cron expression, milliseconds, or an RFC 3339 time.
+        schedule_value: String,
+        /// `group` (the group's session) or `isolated`.
+        #[serde(default)]
+        context_mode: Option<String>,
+        #[serde(default)]
+        chat_id: Option<String>,
+    },
+    ListTasks,
+    PauseTask {
+        task_id: String,
+    },
+    ResumeTask {
+        task_id: String,
+    },
+    CancelTask {
+        task_id: String,
+    },
+    UpdateTask {
+        task_id: String,
+        #[serde(default)]
+        prompt: Option<String>,
+        #[serde(default)]
+        schedule_type: Option<String>,
+        #[serde(default)]
+        schedule_value: Option<String>,
+    },
+    /// Register a chat as a group (main only).
+    RegisterGroup {
+        chat_id: String,
+        name: String,
+        folder: String,
+        #[serde(default)]
+        requires_trigger: Option<bool>,
+        #[serde(default)]
+        trigger: Option<String>,
+    },
+    /// Fetch a URL (done by the host, with a size cap and private addresses refused).
+    WebFetch {
+        url: String,
+        #[serde(default)]
+        max_bytes: Option<u64>,
+    },
+}
+
+/// The host's answer to a [`HostAction`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum HostResult {
+    /// Done; `content` is what the tool call returns to the model.
+    Ok { content: String },
+    /// Refused or failed, in words the model can act on.
+    Error { message: String },
 }
 
 impl ErrorKind {
@@ -206,6 +309,44 @@ mod tests {
             json,
             r#"{"status":"error","kind":"rate_limited","message":"slow down"}"#
         );
+    }
+
+    #[test]
+    fn tool_blocks_and_host_actions_have_the_documented_shape() {
+        let block = ContentBlock::ToolUse {
+            id: "toolu_1".into(),
+            name: "bash".into(),
+            input: serde_json::json!({"command": "ls"}),
+        };
+        assert_eq!(
+            serde_json::to_string(&block).unwrap(),
+            r#"{"type":"tool_use","id":"toolu_1","name":"bash","input":{"command":"ls"}}"#
+        );
+        let request = RunnerToHost::HostRequest {
+            request_id: 7,
+            action: HostAction::SendMessage {
+                chat_id: None,
+                text: "hi".into(),
+            },
+        };
+        let line = serde_json::to_string(&request).unwrap();
+        assert_eq!(
+            line,
+            r#"{"type":"host_request","request_id":7,"action":{"action":"send_message","chat_id":null,"text":"hi"}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<RunnerToHost>(&line).unwrap(),
+            request
+        );
+        let result = HostToRunner::HostResponse {
+            request_id: 7,
+            result: HostResult::Error {
+                message: "not allowed".into(),
+            },
+        };
+        let back: HostToRunner =
+            serde_json::from_str(&serde_json::to_string(&result).unwrap()).unwrap();
+        assert_eq!(back, result);
     }
 
     #[test]
