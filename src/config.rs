@@ -26,14 +26,20 @@ use crate::trigger::{default_pattern, Trigger};
 /// OpenAI-compatible chat-completions endpoint (a local proxy, Ollama).
 pub const PROVIDER_KINDS: &[&str] = &["anthropic"];
 
+/// Kinds the LIGHT tier may use: an OpenAI-compatible endpoint (the seeds'
+/// copilot proxy, Ollama) or a cheaper Anthropic model.
+pub const LIGHT_PROVIDER_KINDS: &[&str] = &["openai", "anthropic"];
+
 /// The TOML sections, which are also the `<SECTION>` of `TALON_<SECTION>_<KEY>`.
 const SECTIONS: &[&str] = &[
     "assistant",
     "queue",
     "container",
     "provider",
+    "router",
     "terminal",
     "channels",
+    "web",
     "log",
 ];
 
@@ -44,6 +50,8 @@ const NANOCLAW_VARS: &[(&str, &str, &str)] = &[
     ("TZ", "assistant", "timezone"),
     ("ANTHROPIC_BASE_URL", "provider", "base_url"),
     ("ANTHROPIC_MODEL", "provider", "model"),
+    ("COPILOT_API_URL", "provider", "light_base_url"),
+    ("COPILOT_MODEL", "provider", "light_model"),
     (
         "MAX_CONCURRENT_CONTAINERS",
         "queue",
@@ -64,6 +72,7 @@ const SECRET_VARS: &[&str] = &[
     "SLACK_BOT_TOKEN",
     "SLACK_APP_TOKEN",
     "DISCORD_BOT_TOKEN",
+    "COPILOT_API_KEY",
 ];
 
 /// Docker refuses memory limits below 6 MB.
@@ -75,8 +84,10 @@ pub struct Config {
     pub queue: QueueConfig,
     pub container: ContainerDefaults,
     pub provider: ProviderConfig,
+    pub router: RouterConfig,
     pub terminal: TerminalConfig,
     pub channels: ChannelsConfig,
+    pub web: WebConfig,
     pub log: LogConfig,
     pub secrets: Secrets,
 }
@@ -130,6 +141,40 @@ pub struct ProviderConfig {
     pub max_retries: u32,
     pub retry_base: Duration,
     pub max_retry_delay: Duration,
+    /// The LIGHT tier's kind, one of [`LIGHT_PROVIDER_KINDS`].
+    pub light_kind: String,
+    /// The LIGHT tier exists only when this is set.
+    pub light_model: Option<String>,
+    /// Required for an `openai` LIGHT tier; an `anthropic` one shares `base_url`.
+    pub light_base_url: Option<String>,
+    /// The variable (environment or `.env`) holding the LIGHT tier's key;
+    /// the key itself is never a setting.
+    pub light_api_key_env: String,
+}
+
+/// The tier router (spec §7): which batches go to the LIGHT tier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterConfig {
+    pub enabled: bool,
+    /// A batch with fewer characters than this goes LIGHT (unless a keyword
+    /// says HEAVY); 0 turns the length rule off.
+    pub light_max_chars: usize,
+    /// Lower-cased words; a batch containing one goes HEAVY.
+    pub heavy_keywords: Vec<String>,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            enabled: false,
+            light_max_chars: 120,
+            heavy_keywords: [
+                "code", "debug", "analyze", "analyse", "review", "plan", "research",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -143,6 +188,28 @@ pub struct ChannelsConfig {
     /// The local socket channel (`<home>/data/talon.sock`) for scripts and
     /// bridges; off unless asked for.
     pub socket: bool,
+}
+
+/// The host's web fetch on the agent's behalf (SPEC §6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebConfig {
+    /// Lets the agent fetch from loopback addresses (tests, local services).
+    /// Private, link-local and other internal addresses stay refused.
+    pub allow_loopback: bool,
+    /// Time limit for one fetch, redirects included.
+    pub timeout: Duration,
+    /// Cap on a fetched body; a request may only ask for less.
+    pub max_bytes: u64,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            allow_loopback: false,
+            timeout: Duration::from_secs(20),
+            max_bytes: 1_000_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +227,9 @@ pub struct Secrets {
     pub slack_bot_token: Option<Secret>,
     pub slack_app_token: Option<Secret>,
     pub discord_bot_token: Option<Secret>,
+    /// The LIGHT tier's key, from the variable named by
+    /// `provider.light_api_key_env` (default `COPILOT_API_KEY`).
+    pub light_api_key: Option<Secret>,
 }
 
 impl Default for AssistantConfig {
@@ -212,6 +282,10 @@ impl Default for ProviderConfig {
             max_retries: 3,
             retry_base: Duration::from_secs(1),
             max_retry_delay: Duration::from_secs(60),
+            light_kind: "openai".into(),
+            light_model: None,
+            light_base_url: None,
+            light_api_key_env: "COPILOT_API_KEY".into(),
         }
     }
 }
@@ -241,8 +315,10 @@ impl Default for Config {
             queue: QueueConfig::default(),
             container: ContainerDefaults::default(),
             provider: ProviderConfig::default(),
+            router: RouterConfig::default(),
             terminal: TerminalConfig::default(),
             channels: ChannelsConfig::default(),
+            web: WebConfig::default(),
             log: LogConfig::default(),
             secrets: Secrets::default(),
         }
@@ -640,11 +716,15 @@ fn build(
         .map(|(_, value)| value.clone());
     let mut config = read_settings(&mut sources, default_user_name(user))?;
     sources.reject_leftovers()?;
-    config.secrets = read_secrets(dotenv, env);
+    config.secrets = read_secrets(dotenv, env, &config.provider.light_api_key_env);
     Ok(config)
 }
 
-fn read_secrets(dotenv: &[(String, String)], env: &[(String, String)]) -> Secrets {
+fn read_secrets(
+    dotenv: &[(String, String)],
+    env: &[(String, String)],
+    light_api_key_env: &str,
+) -> Secrets {
     // Process env first: it wins over .env. Empty values count as absent.
     let find = |name: &str| {
         env.iter()
@@ -661,6 +741,7 @@ fn read_secrets(dotenv: &[(String, String)], env: &[(String, String)]) -> Secret
         slack_bot_token: find("SLACK_BOT_TOKEN"),
         slack_app_token: find("SLACK_APP_TOKEN"),
         discord_bot_token: find("DISCORD_BOT_TOKEN"),
+        light_api_key: find(light_api_key_env),
     }
 }
 
@@ -750,12 +831,35 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
             p.max_retry_delay,
             positive_duration,
         )?,
+        light_kind: s.get("provider", "light_kind", p.light_kind, light_provider_kind)?,
+        light_model: s.get("provider", "light_model", p.light_model, optional_text)?,
+        light_base_url: s.get("provider", "light_base_url", p.light_base_url, base_url)?,
+        light_api_key_env: s.get(
+            "provider",
+            "light_api_key_env",
+            p.light_api_key_env,
+            variable_name,
+        )?,
+    };
+    let r = defaults.router;
+    let router = RouterConfig {
+        enabled: s.get("router", "enabled", r.enabled, boolean)?,
+        light_max_chars: s.get("router", "light_max_chars", r.light_max_chars, |raw| {
+            at_least(raw, 0)
+        })?,
+        heavy_keywords: s.get("router", "heavy_keywords", r.heavy_keywords, word_list)?,
     };
     let terminal = TerminalConfig {
         user_name: s.get("terminal", "user_name", default_user, non_empty_text)?,
     };
     let channels = ChannelsConfig {
         socket: s.get("channels", "socket", defaults.channels.socket, boolean)?,
+    };
+    let w = defaults.web;
+    let web = WebConfig {
+        allow_loopback: s.get("web", "allow_loopback", w.allow_loopback, boolean)?,
+        timeout: s.get("web", "timeout", w.timeout, positive_duration)?,
+        max_bytes: s.get("web", "max_bytes", w.max_bytes, |raw| at_least(raw, 1))?,
     };
     let log = LogConfig {
         level: s.get("log", "level", defaults.log.level, log_filter)?,
@@ -765,8 +869,10 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
         queue,
         container,
         provider,
+        router,
         terminal,
         channels,
+        web,
         log,
         secrets: Secrets::default(),
     })
@@ -916,6 +1022,61 @@ fn provider_kind(raw: &Raw) -> Result<String, String> {
     Ok(value)
 }
 
+fn light_provider_kind(raw: &Raw) -> Result<String, String> {
+    let value = non_empty_text(raw)?.to_ascii_lowercase();
+    if !LIGHT_PROVIDER_KINDS.contains(&value.as_str()) {
+        return Err(format!(
+            "= {value:?} is not one of {}",
+            LIGHT_PROVIDER_KINDS.join(", ")
+        ));
+    }
+    Ok(value)
+}
+
+/// The name of an environment variable, such as `COPILOT_API_KEY`.
+fn variable_name(raw: &Raw) -> Result<String, String> {
+    let value = non_empty_text(raw)?;
+    let mut chars = value.chars();
+    let starts_well = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !starts_well || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "must be an environment variable name such as \"COPILOT_API_KEY\", not {value:?}"
+        ));
+    }
+    Ok(value)
+}
+
+/// A TOML array of strings, or in a variable a comma-separated list; words
+/// are trimmed and lower-cased, empty ones dropped.
+fn word_list(raw: &Raw) -> Result<Vec<String>, String> {
+    let words: Vec<String> = match raw {
+        Raw::Text(value) => value.split(',').map(str::to_string).collect(),
+        Raw::Toml(toml::Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                toml::Value::String(word) => Ok(word.clone()),
+                other => Err(format!(
+                    "must be a list of strings, but has a {}",
+                    other.type_str()
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Raw::Toml(other) => {
+            return Err(format!(
+                "must be a list of strings such as [\"code\", \"debug\"], not a {}",
+                other.type_str()
+            ))
+        }
+    };
+    Ok(words
+        .iter()
+        .map(|word| word.trim().to_lowercase())
+        .filter(|word| !word.is_empty())
+        .collect())
+}
+
 fn base_url(raw: &Raw) -> Result<Option<String>, String> {
     let url = optional_text(raw)?;
     if let Some(url) = &url {
@@ -1002,11 +1163,33 @@ mod tests {
                 max_retries: 3,
                 retry_base: Duration::from_secs(1),
                 max_retry_delay: Duration::from_secs(60),
+                light_kind: "openai".into(),
+                light_model: None,
+                light_base_url: None,
+                light_api_key_env: "COPILOT_API_KEY".into(),
+            },
+            router: RouterConfig {
+                enabled: false,
+                light_max_chars: 120,
+                heavy_keywords: vec![
+                    "code".into(),
+                    "debug".into(),
+                    "analyze".into(),
+                    "analyse".into(),
+                    "review".into(),
+                    "plan".into(),
+                    "research".into(),
+                ],
             },
             terminal: TerminalConfig {
                 user_name: user.into(),
             },
             channels: ChannelsConfig { socket: false },
+            web: WebConfig {
+                allow_loopback: false,
+                timeout: Duration::from_secs(20),
+                max_bytes: 1_000_000,
+            },
             log: LogConfig {
                 level: "info".into(),
             },
@@ -1057,6 +1240,77 @@ mod tests {
             .chain(SECRET_VARS)
         {
             assert!(EXAMPLE.contains(var), "example does not mention {var}");
+        }
+    }
+
+    #[test]
+    fn light_tier_and_router_settings_are_read() {
+        let dotenv = vars(&[
+            ("COPILOT_API_URL", "http://localhost:4141"),
+            ("COPILOT_MODEL", "gpt-4o-mini"),
+            ("COPILOT_API_KEY", "dummy-canary"),
+        ]);
+        let env = vars(&[
+            ("TALON_ROUTER_ENABLED", "yes"),
+            ("TALON_ROUTER_HEAVY_KEYWORDS", " Code, , Deep Dive "),
+            ("TALON_ROUTER_LIGHT_MAX_CHARS", "0"),
+        ]);
+        let config = build(None, "-", &dotenv, ".env", &env).unwrap();
+        let p = &config.provider;
+        assert_eq!(p.light_kind, "openai");
+        assert_eq!(p.light_model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(p.light_base_url.as_deref(), Some("http://localhost:4141"));
+        assert_eq!(
+            config.secrets.light_api_key.as_ref().map(Secret::expose),
+            Some("dummy-canary")
+        );
+        assert!(config.router.enabled);
+        assert_eq!(config.router.light_max_chars, 0);
+        assert_eq!(config.router.heavy_keywords, ["code", "deep dive"]);
+
+        // The key's variable is configurable; the default one is then ignored.
+        let config = from_toml(
+            "[provider]\nlight_kind = \"Anthropic\"\nlight_api_key_env = \"OLLAMA_KEY\"\n\
+             [router]\nheavy_keywords = [\"Plan\"]\n",
+        )
+        .unwrap();
+        assert_eq!(config.provider.light_kind, "anthropic");
+        assert_eq!(config.router.heavy_keywords, ["plan"]);
+        let with_key = build(
+            Some("[provider]\nlight_api_key_env = \"OLLAMA_KEY\"\n"),
+            "talon.toml",
+            &[],
+            ".env",
+            &vars(&[("OLLAMA_KEY", "k1"), ("COPILOT_API_KEY", "k2")]),
+        )
+        .unwrap();
+        assert_eq!(
+            with_key.secrets.light_api_key.as_ref().map(Secret::expose),
+            Some("k1")
+        );
+    }
+
+    #[test]
+    fn bad_light_tier_and_router_values_are_refused() {
+        for (toml, needle) in [
+            ("[provider]\nlight_kind = \"gemini\"", "provider.light_kind"),
+            (
+                "[provider]\nlight_base_url = \"localhost\"",
+                "provider.light_base_url",
+            ),
+            (
+                "[provider]\nlight_api_key_env = \"my key\"",
+                "provider.light_api_key_env",
+            ),
+            (
+                "[router]\nheavy_keywords = \"code\"",
+                "router.heavy_keywords",
+            ),
+            ("[router]\nheavy_keywords = [1]", "router.heavy_keywords"),
+            ("[provider]\ncopilot_api_key = \"x\"", "COPILOT_API_KEY"),
+        ] {
+            let text = error_text(from_toml(toml));
+            assert!(text.contains(needle), "{toml}: {text}");
         }
     }
 

@@ -46,6 +46,7 @@ const FIELDS: &[&str] = &[
     "network",
     "additional_mounts",
     "secrets",
+    "provider",
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -72,6 +73,19 @@ pub struct GroupContainerConfig {
     /// passed into the container, e.g. "THREADS_ACCESS_TOKEN".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// The group's model tier, e.g. `{"tier": "light"}`; unset: the router
+    /// (or HEAVY) decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<GroupProvider>,
+}
+
+/// A group's provider choice (spec §7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupProvider {
+    /// `"light"` or `"heavy"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<crate::provider::Tier>,
 }
 
 /// The container's network: none unless a group is granted the bridge.
@@ -353,6 +367,9 @@ impl GroupContainerConfig {
                 "mount", mount.host_path
             ));
         }
+        if let Some(tier) = self.provider.and_then(|p| p.tier) {
+            lines.push(format!("  {:<10} {tier}", "tier"));
+        }
         if self.secrets.is_empty() {
             lines.push(format!("  {:<10} none", "secrets"));
         } else {
@@ -481,8 +498,20 @@ mod tests {
             network: Some(Network::Bridge),
             additional_mounts: vec![mount("~/docs", Some("docs"), true)],
             secrets: vec!["THREADS_ACCESS_TOKEN".into()],
+            provider: Some(GroupProvider {
+                tier: Some(crate::provider::Tier::Heavy),
+            }),
         };
         let cases: Vec<(&str, GroupContainerConfig)> = vec![
+            (
+                r#"{"provider":{"tier":"light"}}"#,
+                GroupContainerConfig {
+                    provider: Some(GroupProvider {
+                        tier: Some(crate::provider::Tier::Light),
+                    }),
+                    ..Default::default()
+                },
+            ),
             ("{}", GroupContainerConfig::default()),
             ("  { }  ", GroupContainerConfig::default()),
             (
@@ -528,7 +557,7 @@ mod tests {
             (
                 r#"{"timeout":"1h","memory_mb":2048,"cpus":2.5,"network":"bridge",
                     "additional_mounts":[{"host_path":"~/docs","container_path":"docs","read_write":true}],
-                    "secrets":["THREADS_ACCESS_TOKEN"]}"#,
+                    "secrets":["THREADS_ACCESS_TOKEN"],"provider":{"tier":"heavy"}}"#,
                 full,
             ),
         ];
@@ -571,6 +600,11 @@ mod tests {
                 &["timeout must be between", "1day 1h"],
             ),
             (r#"{"timeout":"soon"}"#, &["timeout:", "\"soon\""]),
+            (
+                r#"{"provider":{"tier":"medium"}}"#,
+                &["provider:", "medium"],
+            ),
+            (r#"{"provider":{"model":"x"}}"#, &["provider:", "model"]),
             (r#"{"timeout":3600}"#, &["timeout:", "with a unit", "3600"]),
             (r#"{"network":"host"}"#, &["network:", "host"]),
             (
@@ -650,11 +684,14 @@ mod tests {
             network: Some(Network::Bridge),
             additional_mounts: vec![mount("~/docs", Some("docs"), false)],
             secrets: vec!["THREADS_ACCESS_TOKEN".into()],
+            provider: Some(GroupProvider {
+                tier: Some(crate::provider::Tier::Heavy),
+            }),
         };
         let json = config.to_json();
         assert_eq!(
             json,
-            r#"{"timeout":"1h 30m","memory_mb":2048,"cpus":1.5,"network":"bridge","additional_mounts":[{"host_path":"~/docs","container_path":"docs","read_write":false}],"secrets":["THREADS_ACCESS_TOKEN"]}"#
+            r#"{"timeout":"1h 30m","memory_mb":2048,"cpus":1.5,"network":"bridge","additional_mounts":[{"host_path":"~/docs","container_path":"docs","read_write":false}],"secrets":["THREADS_ACCESS_TOKEN"],"provider":{"tier":"heavy"}}"#
         );
         assert_eq!(GroupContainerConfig::parse(&json).unwrap(), config);
         assert_eq!(
@@ -678,6 +715,9 @@ mod tests {
             network: Some(Network::None),
             additional_mounts: vec![mount("/x", None, false)],
             secrets: vec!["X".into()],
+            provider: Some(GroupProvider {
+                tier: Some(crate::provider::Tier::Light),
+            }),
         };
         let value: serde_json::Value = serde_json::from_str(&config.to_json()).unwrap();
         let keys: Vec<&str> = value

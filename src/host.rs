@@ -34,7 +34,10 @@ use crate::messages::channel::channel_name;
 use crate::messages::RegisteredGroup;
 use crate::mount_security;
 use crate::paths::Paths;
-use crate::provider::{AnthropicConfig, AnthropicProvider, Credential, Provider, RetryPolicy};
+use crate::provider::{
+    AnthropicConfig, AnthropicProvider, Credential, OpenAiConfig, OpenAiProvider, Provider,
+    Providers, RetryPolicy, RoutingDecision, RoutingLog, ANTHROPIC_DEFAULT_BASE_URL,
+};
 use crate::store::Store;
 
 /// What every actor shares.
@@ -44,6 +47,9 @@ pub struct HostContext {
     pub paths: Paths,
     pub docker: Docker,
     pub provider: Arc<dyn Provider>,
+    /// `provider` as the HEAVY tier, the LIGHT tier if configured, and the
+    /// router that picks between them per batch.
+    pub providers: Providers,
     /// Global limit on running containers; waiters are served FIFO.
     pub slots: Arc<Semaphore>,
     /// Performs agents' host requests.
@@ -95,18 +101,78 @@ pub fn build_provider(config: &Config, paths: &Paths) -> Result<Arc<dyn Provider
         base_url: p
             .base_url
             .clone()
-            .unwrap_or_else(|| "https://api.anthropic.com".into()),
+            .unwrap_or_else(|| ANTHROPIC_DEFAULT_BASE_URL.into()),
         credential,
         model: p.model.clone(),
         request_timeout: p.request_timeout,
-        retry: RetryPolicy {
-            max_retries: p.max_retries,
-            base: p.retry_base,
-            max_delay: p.max_retry_delay,
-        },
+        retry: retry_policy(config),
     })
     .map_err(|e| HostError::Provider(e.message))?;
     Ok(Arc::new(provider))
+}
+
+fn retry_policy(config: &Config) -> RetryPolicy {
+    let p = &config.provider;
+    RetryPolicy {
+        max_retries: p.max_retries,
+        base: p.retry_base,
+        max_delay: p.max_retry_delay,
+    }
+}
+
+/// The LIGHT tier the configuration asks for, if any (spec §7): none unless
+/// `provider.light_model` is set.
+pub fn build_light_provider(config: &Config) -> Result<Option<Arc<dyn Provider>>, HostError> {
+    let p = &config.provider;
+    let Some(model) = p.light_model.clone() else {
+        return Ok(None);
+    };
+    let provider: Arc<dyn Provider> = match p.light_kind.as_str() {
+        "anthropic" => {
+            let credential = pick_credential(config).ok_or_else(|| {
+                HostError::Provider(
+                    "the anthropic LIGHT tier needs ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"
+                        .into(),
+                )
+            })?;
+            let base_url = p
+                .light_base_url
+                .clone()
+                .or_else(|| p.base_url.clone())
+                .unwrap_or_else(|| ANTHROPIC_DEFAULT_BASE_URL.into());
+            Arc::new(
+                AnthropicProvider::new(AnthropicConfig {
+                    base_url,
+                    credential,
+                    model,
+                    request_timeout: p.request_timeout,
+                    retry: retry_policy(config),
+                })
+                .map_err(|e| HostError::Provider(e.message))?,
+            )
+        }
+        _ => {
+            let base_url = p.light_base_url.clone().ok_or_else(|| {
+                HostError::Provider(
+                    "the openai LIGHT tier needs provider.light_base_url (or COPILOT_API_URL), \
+                     e.g. http://localhost:4141"
+                        .into(),
+                )
+            })?;
+            Arc::new(
+                OpenAiProvider::new(OpenAiConfig {
+                    base_url,
+                    api_key: config.secrets.light_api_key.clone(),
+                    model,
+                    request_timeout: p.request_timeout,
+                    retry: retry_policy(config),
+                    api_key_env: p.light_api_key_env.clone(),
+                })
+                .map_err(|e| HostError::Provider(e.message))?,
+            )
+        }
+    };
+    Ok(Some(provider))
 }
 
 impl HostContext {
@@ -126,19 +192,48 @@ impl HostContext {
             config.queue.max_concurrent_containers.max(1),
         ));
         let instance = docker::instance_id(&paths.home);
+        let actions = Arc::new(crate::host_actions::HostActions::new(
+            store.clone(),
+            config.web.clone(),
+            timezone,
+        ));
+        let routing_log = RoutingLog::new(paths.logs().join("routing-metrics.jsonl"));
+        let providers = Providers::new(
+            Arc::clone(&provider),
+            build_light_provider(&config)?,
+            config.router.clone(),
+            Some(Arc::new(routing_log)),
+        );
         Ok(HostContext {
             store,
             config,
             paths,
             docker,
             provider,
+            providers,
             slots,
             slot_waiters: Arc::default(),
-            actions: Arc::new(crate::host_actions::HostActions {}),
+            actions,
             timezone,
             project_root: None,
             instance,
         })
+    }
+
+    /// The provider for one run of `group` with this agent prompt, chosen by
+    /// the group's own tier setting and the router, and logged. A group
+    /// config that does not parse counts as "no setting" here; `run_plan`
+    /// refuses it anyway.
+    pub fn provider_for_batch(
+        &self,
+        group: &RegisteredGroup,
+        prompt: &str,
+    ) -> (Arc<dyn Provider>, RoutingDecision) {
+        let group_tier = GroupContainerConfig::of_group(group.container_config.as_deref())
+            .ok()
+            .and_then(|config| config.provider)
+            .and_then(|provider| provider.tier);
+        self.providers.for_batch(&group.folder, group_tier, prompt)
     }
 
     /// How a container for `group` is made, creating its host directories
@@ -431,6 +526,20 @@ fn default_backoff() -> Backoff {
     Backoff::exponential(Duration::from_millis(100), Duration::from_secs(30))
 }
 
+/// Starts serving a group just registered in the store: the router reloads
+/// its groups and the group's queue starts under the "groups" supervisor.
+pub fn serve_new_group(ctx: &Arc<HostContext>, group: RegisteredGroup) -> Result<(), String> {
+    if let Some(router) = ractor::registry::where_is(ROUTER) {
+        let _ = router.send_message(RouterMsg::ReloadGroups);
+    }
+    let groups = ractor::registry::where_is("groups")
+        .ok_or_else(|| "the groups supervisor is not running".to_string())?;
+    let spec = queue_spec(ctx, group);
+    groups
+        .send_message(SupervisorMsg::StartChild(spec, None))
+        .map_err(|e| e.to_string())
+}
+
 /// A running host.
 pub struct Host {
     pub ctx: Arc<HostContext>,
@@ -471,6 +580,15 @@ pub async fn start(ctx: Arc<HostContext>, channels: Channels) -> Result<Host, Ho
     let (root, handle) = spawn_supervisor("talon", spec, None)
         .await
         .map_err(|e| HostError::Spawn(e.to_string()))?;
+    // Groups the agent registers start like those added by the operator.
+    // Weak: the context owns the actions, which must not keep it alive.
+    let weak = Arc::downgrade(&ctx);
+    ctx.actions.set_group_starter(Arc::new(move |group| {
+        let ctx = weak
+            .upgrade()
+            .ok_or_else(|| "talon is stopping".to_string())?;
+        serve_new_group(&ctx, group)
+    }));
     // Replies recorded but not delivered before the last stop go out now.
     match ctx.store.unsent_outbox() {
         Ok(rows) => {
@@ -491,15 +609,7 @@ impl Host {
             .store
             .register_group(&group)
             .map_err(|e| e.to_string())?;
-        if let Some(router) = ractor::registry::where_is(ROUTER) {
-            let _ = router.send_message(RouterMsg::ReloadGroups);
-        }
-        let groups = ractor::registry::where_is("groups")
-            .ok_or_else(|| "the groups supervisor is not running".to_string())?;
-        let spec = queue_spec(&self.ctx, group);
-        groups
-            .send_message(SupervisorMsg::StartChild(spec, None))
-            .map_err(|e| e.to_string())
+        serve_new_group(&self.ctx, group)
     }
 
     /// The live actor tree.
@@ -535,5 +645,71 @@ impl Host {
         }
         remove_orphans(&self.ctx.docker, &self.ctx.instance).await;
         tracing::info!("talon stopped");
+    }
+}
+
+#[cfg(test)]
+mod light_tier_tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Config {
+        let env: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_sources(None, "test", &[], &env).unwrap()
+    }
+
+    fn error_of(result: Result<Option<Arc<dyn Provider>>, HostError>) -> String {
+        match result {
+            Ok(_) => panic!("expected an error"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn no_light_model_means_no_light_tier() {
+        let config = config(&[("COPILOT_API_URL", "http://127.0.0.1:4141")]);
+        assert!(build_light_provider(&config).unwrap().is_none());
+    }
+
+    #[test]
+    fn the_copilot_names_make_an_openai_light_tier() {
+        let config = config(&[
+            ("COPILOT_API_URL", "http://127.0.0.1:4141"),
+            ("COPILOT_MODEL", "gpt-4o-mini"),
+            ("COPILOT_API_KEY", "dummy"),
+        ]);
+        let light = build_light_provider(&config)
+            .unwrap()
+            .expect("a light tier");
+        assert_eq!((light.name(), light.model()), ("openai", "gpt-4o-mini"));
+    }
+
+    #[test]
+    fn an_openai_light_tier_without_a_url_is_a_clear_error() {
+        let config = config(&[("COPILOT_MODEL", "gpt-4o-mini")]);
+        let message = error_of(build_light_provider(&config));
+        assert!(message.contains("light_base_url"), "{message}");
+        assert!(message.contains("COPILOT_API_URL"), "{message}");
+    }
+
+    #[test]
+    fn an_anthropic_light_tier_shares_the_credential_or_says_it_is_missing() {
+        let light = [
+            ("TALON_PROVIDER_LIGHT_KIND", "anthropic"),
+            ("TALON_PROVIDER_LIGHT_MODEL", "claude-haiku-4-5"),
+        ];
+        let message = error_of(build_light_provider(&config(&light)));
+        assert!(message.contains("ANTHROPIC_API_KEY"), "{message}");
+        let mut with_key = light.to_vec();
+        with_key.push(("ANTHROPIC_API_KEY", "sk-test"));
+        let provider = build_light_provider(&config(&with_key))
+            .unwrap()
+            .expect("a light tier");
+        assert_eq!(
+            (provider.name(), provider.model()),
+            ("anthropic", "claude-haiku-4-5")
+        );
     }
 }

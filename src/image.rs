@@ -574,12 +574,19 @@ pub async fn ensure_image(
                 ));
                 ctx
             }
-            Err(error) => {
+            // No sources to check against (an installed talon without its
+            // checkout or cargo): the image at hand is the best there is.
+            Err(
+                error @ (ImageError::CargoMissing { .. } | ImageError::RunnerSourcesMissing { .. }),
+            ) => {
                 progress(&format!(
                     "cannot check whether image {tag} is current ({error}); using it as is"
                 ));
                 return Ok(false);
             }
+            // The sources are here but do not build: never hide that behind
+            // an old image.
+            Err(error) => return Err(error),
         },
         None => {
             progress(&format!("image {tag} not found; building it offline"));

@@ -217,6 +217,110 @@ pub struct FailedBatch {
     pub failed_at: UnixMillis,
 }
 
+/// How a task's due times are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// A 5-field cron expression, in the configured timezone.
+    Cron,
+    /// Every so many milliseconds.
+    Interval,
+    /// Once, at an instant.
+    Once,
+}
+
+impl ScheduleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScheduleKind::Cron => "cron",
+            ScheduleKind::Interval => "interval",
+            ScheduleKind::Once => "once",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ScheduleKind> {
+        match text {
+            "cron" => Some(ScheduleKind::Cron),
+            "interval" => Some(ScheduleKind::Interval),
+            "once" => Some(ScheduleKind::Once),
+            _ => None,
+        }
+    }
+}
+
+/// Which conversation a task runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextMode {
+    /// The group's own agent session.
+    Group,
+    /// A fresh session for every run.
+    Isolated,
+}
+
+impl ContextMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContextMode::Group => "group",
+            ContextMode::Isolated => "isolated",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ContextMode> {
+        match text {
+            "group" => Some(ContextMode::Group),
+            "isolated" => Some(ContextMode::Isolated),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Active,
+    Paused,
+    Completed,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Active => "active",
+            TaskStatus::Paused => "paused",
+            TaskStatus::Completed => "completed",
+        }
+    }
+
+    fn parse(text: &str) -> Option<TaskStatus> {
+        match text {
+            "active" => Some(TaskStatus::Active),
+            "paused" => Some(TaskStatus::Paused),
+            "completed" => Some(TaskStatus::Completed),
+            _ => None,
+        }
+    }
+}
+
+/// A scheduled task as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TaskRow {
+    pub id: String,
+    /// The group whose container runs the task.
+    pub group_folder: String,
+    /// Where the task's output goes.
+    pub chat_id: String,
+    pub prompt: String,
+    pub schedule_kind: ScheduleKind,
+    pub schedule_value: String,
+    pub context_mode: ContextMode,
+    /// When it is next due (`None`: never again).
+    pub next_run: Option<UnixMillis>,
+    pub last_run: Option<UnixMillis>,
+    pub status: TaskStatus,
+    pub created_at: UnixMillis,
+}
+
 /// Cheap to clone; all clones share one connection.
 #[derive(Clone)]
 pub struct Store {
@@ -647,6 +751,110 @@ impl Store {
         Ok(())
     }
 
+    /// Stores a new task (its schedule already validated by the caller).
+    pub fn insert_task(&self, task: &TaskRow) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO scheduled_tasks (id, group_folder, chat_id, prompt, schedule_type,
+                 schedule_value, context_mode, next_run, last_run, status, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            params![
+                task.id,
+                task.group_folder,
+                task.chat_id,
+                task.prompt,
+                task.schedule_kind.as_str(),
+                task.schedule_value,
+                task.context_mode.as_str(),
+                task.next_run,
+                task.last_run,
+                task.status.as_str(),
+                task.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn task(&self, id: &str) -> Result<Option<TaskRow>> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                &format!("SELECT {TASK_COLUMNS} FROM scheduled_tasks WHERE id = ?1"),
+                [id],
+                task_row,
+            )
+            .optional()?)
+    }
+
+    /// Tasks of one group (`Some(folder)`) or of all groups (`None`), oldest first.
+    pub fn tasks(&self, group_folder: Option<&str>) -> Result<Vec<TaskRow>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM scheduled_tasks
+             WHERE ?1 IS NULL OR group_folder = ?1 ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map([group_folder], task_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Sets a task's status and, when given, its next due time. `false`:
+    /// no such task.
+    pub fn set_task_status(
+        &self,
+        id: &str,
+        status: TaskStatus,
+        next_run: Option<UnixMillis>,
+    ) -> Result<bool> {
+        let conn = self.conn()?;
+        let updated = conn.execute(
+            "UPDATE scheduled_tasks SET status = ?2, next_run = coalesce(?3, next_run)
+             WHERE id = ?1",
+            params![id, status.as_str(), next_run],
+        )?;
+        Ok(updated == 1)
+    }
+
+    /// Replaces a task's prompt and/or schedule (`None`: unchanged). A new
+    /// schedule brings its next due time and makes a completed task active
+    /// again. `false`: no such task.
+    pub fn update_task(
+        &self,
+        id: &str,
+        prompt: Option<&str>,
+        schedule: Option<(ScheduleKind, &str, UnixMillis)>,
+    ) -> Result<bool> {
+        let conn = self.conn()?;
+        let tx = conn.unchecked_transaction()?;
+        let mut found = tx
+            .query_row("SELECT 1 FROM scheduled_tasks WHERE id = ?1", [id], |_| {
+                Ok(())
+            })
+            .optional()?
+            .is_some();
+        if let Some(prompt) = prompt {
+            tx.execute(
+                "UPDATE scheduled_tasks SET prompt = ?2 WHERE id = ?1",
+                params![id, prompt],
+            )?;
+        }
+        if let Some((kind, value, next_run)) = schedule {
+            found &= tx.execute(
+                "UPDATE scheduled_tasks SET schedule_type = ?2, schedule_value = ?3, next_run = ?4,
+                     status = CASE status WHEN 'completed' THEN 'active' ELSE status END
+                 WHERE id = ?1",
+                params![id, kind.as_str(), value, next_run],
+            )? == 1;
+        }
+        tx.commit()?;
+        Ok(found)
+    }
+
+    /// Deletes a task and its run log. `false`: no such task.
+    pub fn delete_task(&self, id: &str) -> Result<bool> {
+        let conn = self.conn()?;
+        Ok(conn.execute("DELETE FROM scheduled_tasks WHERE id = ?1", [id])? == 1)
+    }
+
     /// `PRAGMA integrity_check`: `Ok(true)` when the file is sound.
     pub fn integrity_ok(&self) -> Result<bool> {
         let conn = self.conn()?;
@@ -723,6 +931,36 @@ fn registered_group(r: &Row<'_>) -> rusqlite::Result<RegisteredGroup> {
         is_main: r.get(5)?,
         container_config: r.get(6)?,
         added_at: r.get(7)?,
+    })
+}
+
+const TASK_COLUMNS: &str = "id, group_folder, chat_id, prompt, schedule_type, schedule_value,
+    context_mode, next_run, last_run, status, created_at";
+
+fn task_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
+    // The table's CHECK constraints admit only the values these parse.
+    let invalid = |column: usize, value: String| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            format!("unexpected value {value:?}").into(),
+        )
+    };
+    let kind: String = r.get(4)?;
+    let mode: String = r.get(6)?;
+    let status: String = r.get(9)?;
+    Ok(TaskRow {
+        id: r.get(0)?,
+        group_folder: r.get(1)?,
+        chat_id: r.get(2)?,
+        prompt: r.get(3)?,
+        schedule_kind: ScheduleKind::parse(&kind).ok_or_else(|| invalid(4, kind.clone()))?,
+        schedule_value: r.get(5)?,
+        context_mode: ContextMode::parse(&mode).ok_or_else(|| invalid(6, mode.clone()))?,
+        next_run: r.get(7)?,
+        last_run: r.get(8)?,
+        status: TaskStatus::parse(&status).ok_or_else(|| invalid(9, status.clone()))?,
+        created_at: r.get(10)?,
     })
 }
 
@@ -971,6 +1209,97 @@ mod tests {
         );
         store.clear_session("g").unwrap();
         assert_eq!(store.session("g").unwrap(), None);
+    }
+
+    fn task(id: &str, folder: &str, created_at: i64) -> TaskRow {
+        TaskRow {
+            id: id.into(),
+            group_folder: folder.into(),
+            chat_id: format!("term:{folder}"),
+            prompt: "say hi".into(),
+            schedule_kind: ScheduleKind::Interval,
+            schedule_value: "60000".into(),
+            context_mode: ContextMode::Isolated,
+            next_run: Some(1_000),
+            last_run: None,
+            status: TaskStatus::Active,
+            created_at,
+        }
+    }
+
+    #[test]
+    fn tasks_are_stored_listed_by_group_and_changed() {
+        let store = Store::open_in_memory().unwrap();
+        let a = task("t1", "alpha", 1);
+        let b = task("t2", "beta", 2);
+        store.insert_task(&a).unwrap();
+        store.insert_task(&b).unwrap();
+        assert_eq!(store.task("t1").unwrap(), Some(a.clone()));
+        assert_eq!(store.tasks(Some("alpha")).unwrap(), vec![a.clone()]);
+        assert_eq!(store.tasks(None).unwrap(), vec![a.clone(), b.clone()]);
+
+        assert!(store
+            .set_task_status("t1", TaskStatus::Paused, None)
+            .unwrap());
+        let paused = store.task("t1").unwrap().unwrap();
+        assert_eq!(paused.status, TaskStatus::Paused);
+        assert_eq!(paused.next_run, Some(1_000), "pausing kept the due time");
+        assert!(store
+            .set_task_status("t1", TaskStatus::Active, Some(5_000))
+            .unwrap());
+        assert_eq!(store.task("t1").unwrap().unwrap().next_run, Some(5_000));
+
+        assert!(store
+            .update_task(
+                "t1",
+                Some("new prompt"),
+                Some((ScheduleKind::Cron, "0 9 * * *", 9_000))
+            )
+            .unwrap());
+        let updated = store.task("t1").unwrap().unwrap();
+        assert_eq!(updated.prompt, "new prompt");
+        assert_eq!(updated.schedule_kind, ScheduleKind::Cron);
+        assert_eq!(updated.schedule_value, "0 9 * * *");
+        assert_eq!(updated.next_run, Some(9_000));
+
+        assert!(store.delete_task("t1").unwrap());
+        assert_eq!(store.task("t1").unwrap(), None);
+        assert_eq!(store.tasks(None).unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn unknown_tasks_are_reported_not_created() {
+        let store = Store::open_in_memory().unwrap();
+        assert!(!store
+            .set_task_status("nope", TaskStatus::Paused, None)
+            .unwrap());
+        assert!(!store.update_task("nope", Some("x"), None).unwrap());
+        assert!(!store.delete_task("nope").unwrap());
+        assert!(store.tasks(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_new_schedule_revives_a_completed_task() {
+        let store = Store::open_in_memory().unwrap();
+        let mut done = task("t1", "alpha", 1);
+        done.status = TaskStatus::Completed;
+        store.insert_task(&done).unwrap();
+        store.update_task("t1", Some("again"), None).unwrap();
+        assert_eq!(
+            store.task("t1").unwrap().unwrap().status,
+            TaskStatus::Completed
+        );
+        store
+            .update_task(
+                "t1",
+                None,
+                Some((ScheduleKind::Once, "2030-01-01T00:00:00Z", 7)),
+            )
+            .unwrap();
+        assert_eq!(
+            store.task("t1").unwrap().unwrap().status,
+            TaskStatus::Active
+        );
     }
 
     #[test]

@@ -113,6 +113,7 @@ fn add_then_set_then_show_round_trips() {
             },
         ],
         secrets: vec!["THREADS_ACCESS_TOKEN".into(), "OTHER_TOKEN".into()],
+        ..Default::default()
     };
     let stored = stored_config(&home, "slack:C1");
     assert_eq!(

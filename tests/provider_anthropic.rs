@@ -9,7 +9,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use fake_anthropic::{FakeAnthropic, Reply};
-use talon::messages::wire::{ChatMessage, ContentBlock, Role};
+use talon::messages::wire::{ChatMessage, ContentBlock, Role, ToolSpec};
 use talon::provider::{
     AnthropicConfig, AnthropicProvider, Credential, ErrorKind, ModelRequest, Provider, RetryPolicy,
 };
@@ -129,6 +129,92 @@ async fn unknown_content_blocks_are_skipped_and_text_kept() {
         .expect("a reply");
     assert_eq!(text_of(&reply.content), ["kept"]);
     assert_eq!((reply.input_tokens, reply.output_tokens), (7, 2));
+}
+
+#[tokio::test]
+async fn a_tool_call_round_trip_uses_the_messages_api_tool_shape() {
+    let fake = FakeAnthropic::start(vec![Reply::tool_use(
+        "toolu_7",
+        "bash",
+        serde_json::json!({"command": "ls"}),
+    )])
+    .await;
+    let provider = provider(config(&fake.base_url, api_key()));
+    let mut request = ask("list the files");
+    request.tools = vec![ToolSpec {
+        name: "bash".into(),
+        description: "Run a shell command".into(),
+        input_schema: serde_json::json!({
+            "type": "object",
+            "properties": {"command": {"type": "string"}},
+            "required": ["command"],
+        }),
+    }];
+
+    let first = provider.complete(request.clone()).await.expect("tool call");
+    assert_eq!(first.stop_reason.as_deref(), Some("tool_use"));
+    assert_eq!(
+        first.content,
+        vec![ContentBlock::ToolUse {
+            id: "toolu_7".into(),
+            name: "bash".into(),
+            input: serde_json::json!({"command": "ls"}),
+        }]
+    );
+
+    // The runner sends the call back with its result; the fallback echoes.
+    request.messages.push(ChatMessage {
+        role: Role::Assistant,
+        content: first.content.clone(),
+    });
+    request.messages.push(ChatMessage {
+        role: Role::User,
+        content: vec![ContentBlock::ToolResult {
+            tool_use_id: "toolu_7".into(),
+            content: "notes.txt".into(),
+            is_error: false,
+        }],
+    });
+    let second = provider.complete(request).await.expect("final answer");
+    assert_eq!(second.stop_reason.as_deref(), Some("end_turn"));
+
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[0].body["tools"],
+        serde_json::json!([{
+            "name": "bash",
+            "description": "Run a shell command",
+            "input_schema": {
+                "type": "object",
+                "properties": {"command": {"type": "string"}},
+                "required": ["command"],
+            },
+        }])
+    );
+    let sent = &requests[1].body["messages"];
+    assert_eq!(
+        sent[1],
+        serde_json::json!({"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_7", "name": "bash", "input": {"command": "ls"}}
+        ]})
+    );
+    assert_eq!(
+        sent[2],
+        serde_json::json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_7", "content": "notes.txt", "is_error": false}
+        ]})
+    );
+}
+
+#[tokio::test]
+async fn no_tools_means_no_tools_field() {
+    let fake = FakeAnthropic::start(vec![Reply::text("ok")]).await;
+    provider(config(&fake.base_url, api_key()))
+        .complete(ask("hi"))
+        .await
+        .expect("a reply");
+    assert!(fake.requests()[0].body.get("tools").is_none());
 }
 
 #[tokio::test]

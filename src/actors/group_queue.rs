@@ -302,6 +302,8 @@ impl GroupQueue {
             assistant_name: ctx.config.assistant.name.clone(),
             timezone: ctx.config.assistant.timezone.clone(),
         };
+        // The tier (and so the provider) is decided per run (spec §7).
+        let (provider, _routing) = ctx.provider_for_batch(group, &start.prompt);
         let now = crate::store::now_millis();
         let plan = ctx.run_plan(group, now)?;
         let spec = plan.spec;
@@ -314,7 +316,7 @@ impl GroupQueue {
             docker: ctx.docker.clone(),
             spec,
             start,
-            provider: ctx.provider.clone(),
+            provider,
             queue: myself.clone(),
             idle_timeout: ctx.config.container.idle_timeout,
             hard_timeout: plan.hard_timeout,

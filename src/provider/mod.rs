@@ -8,9 +8,19 @@
 //!
 //! The retry decisions are pure functions here ([`classify_status`],
 //! [`parse_retry_after`], [`retry_delay`]) so they are unit-tested without a
-//! network; the HTTP clients ([`AnthropicProvider`]) only act on them.
+//! network; the HTTP clients ([`AnthropicProvider`], [`OpenAiProvider`])
+//! only act on them, through the one retry loop in `http.rs`.
+//!
+//! The host holds two tiers (spec §7): HEAVY (the configured provider) and
+//! an optional LIGHT one. [`route`] decides a batch's tier from pure rules;
+//! [`Providers::for_batch`] applies it and logs every decision and model
+//! call to `logs/routing-metrics.jsonl`.
 
 mod anthropic;
+mod http;
+mod openai;
+mod routed;
+mod router;
 
 use std::time::{Duration, SystemTime};
 
@@ -20,6 +30,9 @@ pub use crate::messages::wire::{ErrorKind, ModelFailure, ModelReply, ModelReques
 use crate::secret::Secret;
 
 pub use anthropic::{AnthropicConfig, AnthropicProvider, ANTHROPIC_DEFAULT_BASE_URL};
+pub use openai::{OpenAiConfig, OpenAiProvider};
+pub use routed::{Providers, RoutingDecision, RoutingLog};
+pub use router::{batch_text_of_prompt, route, Tier, HEAVY_PREFIX, LIGHT_PREFIX};
 
 /// How the host authenticates to Anthropic. Exactly one is ever used: an API
 /// key silently overriding a subscription token burns prepaid credit (spec §9).
@@ -57,6 +70,11 @@ impl Default for RetryPolicy {
 pub trait Provider: Send + Sync + 'static {
     /// A short stable name for logs and routing metrics, e.g. `anthropic`.
     fn name(&self) -> &str;
+
+    /// The model asked for, for routing metrics; empty when not known.
+    fn model(&self) -> &str {
+        ""
+    }
 
     /// One completion, retries included: the result is final.
     fn complete(&self, request: ModelRequest) -> BoxFuture<'_, Result<ModelReply, ModelFailure>>;

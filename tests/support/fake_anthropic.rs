@@ -31,6 +31,12 @@ use serde_json::{json, Value};
 pub enum Reply {
     /// 200 with one text block.
     Text(String),
+    /// 200 with one `tool_use` block and `stop_reason: "tool_use"`.
+    ToolUse {
+        id: String,
+        name: String,
+        input: Value,
+    },
     /// An error status with the real error body, and `retry-after` if given.
     Status {
         code: u16,
@@ -50,6 +56,14 @@ pub enum Reply {
 impl Reply {
     pub fn text(text: impl Into<String>) -> Reply {
         Reply::Text(text.into())
+    }
+
+    pub fn tool_use(id: &str, name: &str, input: Value) -> Reply {
+        Reply::ToolUse {
+            id: id.into(),
+            name: name.into(),
+            input,
+        }
     }
 
     pub fn status(code: u16, error_type: &str, message: &str) -> Reply {
@@ -321,6 +335,23 @@ fn render(shared: &Shared, request: &Value, reply: Reply) -> Response {
                 "usage": {
                     "input_tokens": rough_tokens(&request.to_string()),
                     "output_tokens": rough_tokens(&text),
+                },
+            });
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Reply::ToolUse { id, name, input } => {
+            let message_id = shared.next_message_id.fetch_add(1, Ordering::Relaxed);
+            let body = json!({
+                "id": format!("msg_{message_id}"),
+                "type": "message",
+                "role": "assistant",
+                "model": request["model"],
+                "content": [{"type": "tool_use", "id": id, "name": name, "input": input}],
+                "stop_reason": "tool_use",
+                "stop_sequence": null,
+                "usage": {
+                    "input_tokens": rough_tokens(&request.to_string()),
+                    "output_tokens": rough_tokens(&input.to_string()),
                 },
             });
             (StatusCode::OK, axum::Json(body)).into_response()

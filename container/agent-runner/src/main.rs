@@ -5,10 +5,31 @@
 //! the host with a `ModelRequest` and waits for the matching `ModelResponse`,
 //! so no credential and no network is ever needed inside the container.
 //!
-//! The decisions live in [`Runner`], a sans-IO state machine (message in,
-//! messages out), so every protocol rule is unit-tested without pipes; `main`
-//! only moves lines between it and stdio. The binary is synchronous and
-//! std-only on purpose: it is linked statically into a `FROM scratch` image.
+//! Each turn is a tool loop in the Anthropic tool-use shape: the request
+//! carries the tool specs; a reply with `tool_use` blocks has its tools run
+//! (container tools here, see [`tools`]; host tools as a `HostRequest` answered
+//! by a `HostResponse`) and their `tool_result`s go back to the model; a reply
+//! without tool calls ends the turn. Text is output to the user as it comes.
+//! Per-turn limits on tool calls, model calls and tokens end a runaway loop.
+//!
+//! The decisions live in [`Runner`], a state machine (message in, messages
+//! out) whose only IO is running container tools against a configurable
+//! [`ToolContext`], so every protocol rule is unit-tested without pipes;
+//! `main` only moves lines between it and stdio. The binary is synchronous
+//! and std-only on purpose: it is linked statically into a `FROM scratch` image.
+//!
+//! Sessions (see [`session`]): a start with a session id resumes that
+//! transcript at the anchor the host recorded (`resume_at`), never at the
+//! file's tip; an anchor the transcript does not hold fails the turn with a
+//! "session … missing or unknown" error, which makes the host start fresh.
+//! A turn's messages are appended to the transcript when the turn succeeds,
+//! in order, so the transcript holds exactly the committed conversation, and
+//! the `last_assistant_id` reported is the uuid of the last entry written.
+//! Messages are stored as they came, consecutive user messages included;
+//! they are joined only when a model request is built, the same way for a
+//! live and a resumed conversation. A transcript over its token budget is
+//! summarised by the model and compacted at the start of a turn. If the
+//! session dir cannot be written the run goes on without persistence.
 
 // The wire types are shared with the host by compiling the very same file;
 // the runner does not use every item the host does.
@@ -16,12 +37,19 @@
 #[path = "../../../src/messages/wire.rs"]
 mod wire;
 
+mod session;
+mod tools;
+
 use std::collections::VecDeque;
 use std::io::{self, BufRead, Read, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use session::{SessionError, Transcript};
+
+use tools::{Dispatch, ToolContext};
 use wire::{
-    ChatMessage, ContentBlock, ErrorKind, HostToRunner, ModelFailure, ModelReply, ModelRequest,
+    ChatMessage, ContentBlock, ErrorKind, HostResult, HostToRunner, ModelFailure, ModelRequest,
     ModelResult, Role, RunResult, RunStatus, RunnerToHost, StartRun, MAX_LINE_BYTES,
     PROTOCOL_VERSION,
 };
@@ -38,6 +66,41 @@ const MEMORY_FILES: [(&str, &str); 2] = [
     ("group memory", "/workspace/group/CLAUDE.md"),
     ("global memory", "/workspace/global/CLAUDE.md"),
 ];
+
+/// Where a session's transcript lives, where compaction archives the full
+/// one, and when to compact: a context of its own so tests use a temp dir.
+#[derive(Debug, Clone, PartialEq)]
+struct SessionConfig {
+    dir: PathBuf,
+    archive_dir: PathBuf,
+    /// Compact when the conversation's approximate size exceeds this.
+    compact_above_tokens: usize,
+    /// Messages kept verbatim after the summary.
+    keep_last: usize,
+}
+
+impl SessionConfig {
+    /// The real container's mounts.
+    fn container() -> Self {
+        SessionConfig {
+            dir: PathBuf::from("/workspace/session"),
+            archive_dir: PathBuf::from("/workspace/group/conversations"),
+            compact_above_tokens: 100_000,
+            keep_last: 6,
+        }
+    }
+}
+
+/// The system prompt of the request that summarises a conversation.
+const SUMMARY_SYSTEM: &str = "Summarise this conversation for your future self: \
+     who said what that still matters, decisions, facts learned, files touched, \
+     open tasks and promises. Be complete but brief; reply with the summary only.";
+
+/// Opens the summary kept in a compacted transcript.
+const SUMMARY_HEADING: &str = "Summary of the earlier conversation:\n";
+
+/// A rendered block is cut to this many chars in a summary request.
+const SUMMARY_BLOCK_CHARS: usize = 4000;
 
 /// Exit code for a start line this runner cannot serve (protocol mismatch).
 const EXIT_INCOMPATIBLE: u8 = 2;
@@ -70,10 +133,31 @@ fn build_system_prompt(start: &StartRun, memories: &[Memory]) -> String {
          Timezone: {tz}.\n\
          Your replies are delivered as messages in a chat, so keep them concise.\n\
          Text wrapped in <internal>...</internal> is never shown to users; use it for \
-         notes to yourself.",
+         notes to yourself.\n\
+         \n\
+         Tools: bash (busybox shell in /workspace/group, no network), read_file, \
+         write_file, edit_file, list, glob and grep work on files under /workspace and \
+         /tmp. send_message sends a message before your reply ends; schedule_task, \
+         list_tasks, pause_task, resume_task, cancel_task and update_task manage \
+         scheduled tasks; web_fetch fetches a URL.{register}\n\
+         \n\
+         Memory: /workspace/group/CLAUDE.md is this group's memory and is read into \
+         this prompt at every start. To remember something, edit it (edit_file or \
+         write_file). {global}",
         name = start.assistant_name,
         folder = start.group_folder,
         tz = start.timezone,
+        register = if start.is_main {
+            " register_group registers a chat as a new group."
+        } else {
+            ""
+        },
+        global = if start.is_main {
+            "/workspace/global/CLAUDE.md is shared by every group; edit it for what \
+             all groups should know."
+        } else {
+            "/workspace/global/CLAUDE.md is shared memory and read-only here."
+        },
     );
     for memory in memories.iter().filter(|m| !m.text.trim().is_empty()) {
         prompt.push_str(&format!(
@@ -89,8 +173,9 @@ fn build_system_prompt(start: &StartRun, memories: &[Memory]) -> String {
 fn reply_text(content: &[ContentBlock]) -> String {
     content
         .iter()
-        .map(|block| match block {
-            ContentBlock::Text { text } => text.as_str(),
+        .filter_map(|block| match block {
+            ContentBlock::Text { text } => Some(text.as_str()),
+            _ => None,
         })
         .collect::<Vec<_>>()
         .join("")
@@ -111,43 +196,161 @@ struct Conversation {
 
 impl Conversation {
     /// The messages to send for a turn: everything so far plus `prompt`. The
-    /// conversation itself is only changed once the turn succeeds, so a failed
-    /// turn leaves no trace.
+    /// conversation itself is only replaced once the turn succeeds, so a
+    /// failed turn leaves no trace.
     fn with_prompt(&self, prompt: &str) -> Vec<ChatMessage> {
         let mut messages = self.messages.clone();
-        push_user(&mut messages, prompt);
+        push_user(&mut messages, vec![user_text(prompt)]);
         messages
     }
+}
 
-    /// Records a successful turn. A reply without text adds no assistant
-    /// message (the API refuses empty ones); the next prompt then joins this
-    /// user message, which keeps the alternation.
-    fn commit(&mut self, prompt: &str, reply: &[ContentBlock]) {
-        push_user(&mut self.messages, prompt);
-        let content: Vec<ContentBlock> = reply
-            .iter()
-            .filter(|block| match block {
-                ContentBlock::Text { text } => !text.is_empty(),
-            })
-            .cloned()
-            .collect();
-        if !content.is_empty() {
-            self.messages.push(ChatMessage {
-                role: Role::Assistant,
-                content,
-            });
+/// Appends user content as a message of its own. It may follow another user
+/// message (after an empty reply, or a turn cut short after tool results);
+/// [`request_messages`] joins them, so what is stored is what was said.
+fn push_user(messages: &mut Vec<ChatMessage>, content: Vec<ContentBlock>) {
+    messages.push(ChatMessage {
+        role: Role::User,
+        content,
+    });
+}
+
+/// The messages as a model request carries them: consecutive messages of the
+/// same role joined into one, so roles alternate as the Messages API demands.
+fn request_messages(messages: &[ChatMessage]) -> Vec<ChatMessage> {
+    let mut joined: Vec<ChatMessage> = Vec::with_capacity(messages.len());
+    for message in messages {
+        match joined.last_mut() {
+            Some(last) if last.role == message.role => {
+                last.content.extend(message.content.iter().cloned())
+            }
+            _ => joined.push(message.clone()),
+        }
+    }
+    joined
+}
+
+/// A conversation as plain text, for the summary request: tool calls and
+/// results become text, so the request needs no tool specs, and every block
+/// is capped so one huge tool output cannot crowd out the rest.
+fn render_for_summary(messages: &[ChatMessage]) -> String {
+    let cap = |text: &str| -> String {
+        if text.chars().count() > SUMMARY_BLOCK_CHARS {
+            let cut: String = text.chars().take(SUMMARY_BLOCK_CHARS).collect();
+            format!("{cut} [...]")
+        } else {
+            text.to_string()
+        }
+    };
+    let mut out = String::new();
+    for message in messages {
+        let who = match message.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        for block in &message.content {
+            let line = match block {
+                ContentBlock::Text { text } => format!("[{who}] {}", cap(text)),
+                ContentBlock::ToolUse { name, input, .. } => {
+                    format!("[{who} called {name}] {}", cap(&input.to_string()))
+                }
+                ContentBlock::ToolResult {
+                    content, is_error, ..
+                } => {
+                    let kind = if *is_error {
+                        "tool error"
+                    } else {
+                        "tool result"
+                    };
+                    format!("[{kind}] {}", cap(content))
+                }
+            };
+            out.push_str(&line);
+            out.push_str("\n\n");
+        }
+    }
+    out
+}
+
+/// Appends a reply. Empty text blocks are dropped and an empty reply adds no
+/// message at all: the API refuses both.
+fn push_assistant(messages: &mut Vec<ChatMessage>, reply: &[ContentBlock]) {
+    let content: Vec<ContentBlock> = reply
+        .iter()
+        .filter(|block| !matches!(block, ContentBlock::Text { text } if text.is_empty()))
+        .cloned()
+        .collect();
+    if !content.is_empty() {
+        messages.push(ChatMessage {
+            role: Role::Assistant,
+            content,
+        });
+    }
+}
+
+/// Per-turn bounds that stop a runaway tool loop.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Limits {
+    /// Tool calls in one turn; the next one is not run.
+    tool_calls: u32,
+    /// Completions in one turn.
+    model_calls: u32,
+    /// Input plus output tokens over all completions of one turn.
+    tokens: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            tool_calls: 30,
+            model_calls: 40,
+            tokens: 2_000_000,
         }
     }
 }
 
-fn push_user(messages: &mut Vec<ChatMessage>, prompt: &str) {
-    match messages.last_mut() {
-        Some(last) if last.role == Role::User => last.content.push(user_text(prompt)),
-        _ => messages.push(ChatMessage {
-            role: Role::User,
-            content: vec![user_text(prompt)],
-        }),
-    }
+/// A tool call the model asked for and the runner has not run yet.
+#[derive(Debug, Clone, PartialEq)]
+struct ToolCall {
+    id: String,
+    name: String,
+    input: serde_json::Value,
+}
+
+/// One turn in progress: the working copy of the conversation and the tool
+/// loop's bookkeeping.
+#[derive(Debug, Clone, PartialEq)]
+struct Turn {
+    /// The conversation so far plus everything this turn added.
+    messages: Vec<ChatMessage>,
+    /// Tool calls of the latest reply still to run, in order.
+    pending: VecDeque<ToolCall>,
+    /// Results of the latest reply's tool calls so far.
+    results: Vec<ContentBlock>,
+    /// How many of `messages` were already in the conversation (and the
+    /// transcript) when the turn began; the rest are written on success.
+    committed: usize,
+    tool_calls: u32,
+    model_calls: u32,
+    tokens: u64,
+}
+
+/// What a turn is waiting for.
+#[derive(Debug, Clone, PartialEq)]
+enum Waiting {
+    Model {
+        request_id: u64,
+    },
+    /// A host tool's answer; it becomes the result of `tool_use_id`.
+    Host {
+        request_id: u64,
+        tool_use_id: String,
+    },
+    /// The summary for a compaction; `prompt` starts the turn after it.
+    Summary {
+        request_id: u64,
+        prompt: String,
+    },
 }
 
 /// Where the run stands.
@@ -157,8 +360,8 @@ enum Phase {
     AwaitingStart,
     /// Between turns: waiting for a follow-up or the close.
     Idle,
-    /// A turn is running: waiting for the model response with this id.
-    AwaitingModel { request_id: u64, prompt: String },
+    /// A turn is running.
+    InTurn { turn: Box<Turn>, waiting: Waiting },
 }
 
 /// What the IO loop must do after one input.
@@ -188,13 +391,25 @@ impl Step {
 }
 
 /// The run's state machine: one host message (or the end of stdin) in, the
-/// lines to write and whether to exit out. No IO happens here.
+/// lines to write and whether to exit out. The only IO it does is running
+/// container tools, against its [`ToolContext`] (a temp dir in tests).
 #[derive(Debug)]
 struct Runner {
     phase: Phase,
     /// Used when the start line brings no session id.
     fresh_session_id: String,
     memories: Vec<Memory>,
+    tools: ToolContext,
+    limits: Limits,
+    sessions: SessionConfig,
+    /// The session's transcript; `None` runs without persistence (the session
+    /// dir is not writable), never failing a turn for it.
+    transcript: Option<Transcript>,
+    /// Set when the host's resume anchor is not in the transcript: every turn
+    /// fails with this error until the host closes and starts fresh.
+    stale_session: Option<String>,
+    /// Diagnostics gathered while handling one input, for stderr.
+    notes: Vec<String>,
     start: Option<StartRun>,
     system: String,
     conversation: Conversation,
@@ -202,15 +417,29 @@ struct Runner {
     queued: VecDeque<String>,
     close_requested: bool,
     next_request_id: u64,
+    /// The transcript uuid of the conversation's last committed entry: the
+    /// anchor the host resumes at.
     last_assistant_id: Option<String>,
 }
 
 impl Runner {
-    fn new(fresh_session_id: String, memories: Vec<Memory>) -> Self {
+    fn new(
+        fresh_session_id: String,
+        memories: Vec<Memory>,
+        tools: ToolContext,
+        limits: Limits,
+        sessions: SessionConfig,
+    ) -> Self {
         Runner {
             phase: Phase::AwaitingStart,
             fresh_session_id,
             memories,
+            tools,
+            limits,
+            sessions,
+            transcript: None,
+            stale_session: None,
+            notes: Vec::new(),
             start: None,
             system: String::new(),
             conversation: Conversation::default(),
@@ -228,57 +457,171 @@ impl Runner {
             .unwrap_or_else(|| self.fresh_session_id.clone())
     }
 
-    fn on_message(&mut self, message: HostToRunner) -> Step {
-        match (&self.phase, message) {
-            (Phase::AwaitingStart, HostToRunner::Start(start)) => self.on_start(start),
-            (Phase::AwaitingStart, HostToRunner::Close) => Step::exit(0),
-            (Phase::AwaitingStart, other) => Step::note(format!(
-                "ignoring {} before the start line",
-                kind_of(&other)
-            )),
-            (_, HostToRunner::Start(_)) => Step::note("ignoring a second start line"),
-            (Phase::Idle, HostToRunner::FollowUp { prompt }) => {
-                let mut step = Step::default();
-                step.send.push(self.begin_turn(prompt));
-                step
+    /// Opens the session's transcript and loads the conversation at the
+    /// host's anchor. Only an anchor the transcript does not hold (or a
+    /// session id that cannot name a transcript) is the host's problem;
+    /// storage trouble is logged and the run goes on without persistence.
+    fn open_session(&mut self) {
+        let session_id = self.session_id();
+        let resume_at = self.start.as_ref().and_then(|s| s.resume_at.clone());
+        let resuming = self.start.as_ref().is_some_and(|s| s.session_id.is_some());
+        let mut transcript = match Transcript::open(&self.sessions.dir, &session_id) {
+            Ok(transcript) => transcript,
+            Err(error) if resuming && error.kind() == io::ErrorKind::InvalidInput => {
+                self.stale_session = Some(format!(
+                    "session {session_id:?} missing or unknown: {error}"
+                ));
+                return;
             }
-            (Phase::Idle, HostToRunner::Close) => Step::exit(0),
-            (Phase::Idle, HostToRunner::ModelResponse { request_id, .. }) => Step::note(format!(
-                "ignoring model response {request_id}: no request is pending"
-            )),
-            (Phase::AwaitingModel { .. }, HostToRunner::FollowUp { prompt }) => {
-                self.queued.push_back(prompt);
-                Step::default()
+            Err(error) => {
+                self.notes.push(format!(
+                    "session {session_id}: cannot open the transcript ({error}); \
+                     running without persistence"
+                ));
+                return;
             }
-            (Phase::AwaitingModel { .. }, HostToRunner::Close) => {
-                self.close_requested = true;
-                Step::default()
+        };
+        if !resuming {
+            // A new session: nothing to resume, whatever a file might hold.
+            self.transcript = Some(transcript);
+            return;
+        }
+        match transcript.resume(resume_at.as_deref()) {
+            Ok(messages) => {
+                self.conversation.messages = messages;
+                self.last_assistant_id = transcript.tip().map(str::to_string);
+                self.transcript = Some(transcript);
             }
-            (
-                Phase::AwaitingModel {
-                    request_id: pending,
-                    ..
-                },
-                HostToRunner::ModelResponse { request_id, result },
-            ) => {
-                if request_id == *pending {
-                    self.finish_turn(result)
-                } else {
-                    Step::note(format!(
-                        "ignoring model response {request_id}: waiting for {pending}"
-                    ))
+            Err(error @ SessionError::UnknownAnchor(_)) => {
+                self.stale_session = Some(error.to_string());
+            }
+            Err(SessionError::Io(error)) => {
+                self.notes.push(format!(
+                    "session {session_id}: cannot read the transcript ({error}); \
+                     running without persistence"
+                ));
+            }
+        }
+    }
+
+    /// Writes `message` to the transcript and returns its uuid. A failed
+    /// write turns persistence off for the rest of the run (logged), and the
+    /// uuid is then made up here: the host still gets a well-formed anchor,
+    /// which a later resume reports as unknown, so the host starts fresh.
+    fn record(&mut self, message: ChatMessage) -> String {
+        if let Some(transcript) = self.transcript.as_mut() {
+            match transcript.append(message) {
+                Ok(uuid) => return uuid,
+                Err(error) => {
+                    self.notes.push(format!(
+                        "session {}: cannot write the transcript ({error}); \
+                         running without persistence",
+                        self.session_id()
+                    ));
+                    self.transcript = None;
                 }
             }
+        }
+        fresh_session_id()
+    }
+
+    fn take_request_id(&mut self) -> u64 {
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        id
+    }
+
+    fn on_message(&mut self, message: HostToRunner) -> Step {
+        let mut step = self.handle(message);
+        if !self.notes.is_empty() {
+            let mut notes = std::mem::take(&mut self.notes);
+            notes.extend(step.note.take());
+            step.note = Some(notes.join("\nagent-runner: "));
+        }
+        step
+    }
+
+    fn handle(&mut self, message: HostToRunner) -> Step {
+        let waiting = match &self.phase {
+            Phase::InTurn { waiting, .. } => Some(waiting.clone()),
+            _ => None,
+        };
+        match message {
+            HostToRunner::Start(start) => match self.phase {
+                Phase::AwaitingStart => self.on_start(start),
+                _ => Step::note("ignoring a second start line"),
+            },
+            HostToRunner::Close => match self.phase {
+                Phase::AwaitingStart | Phase::Idle => Step::exit(0),
+                Phase::InTurn { .. } => {
+                    self.close_requested = true;
+                    Step::default()
+                }
+            },
+            HostToRunner::FollowUp { prompt } => match self.phase {
+                Phase::AwaitingStart => Step::note("ignoring a follow-up before the start line"),
+                Phase::Idle => {
+                    let mut step = Step::default();
+                    self.begin_turn(prompt, &mut step);
+                    step
+                }
+                Phase::InTurn { .. } => {
+                    self.queued.push_back(prompt);
+                    Step::default()
+                }
+            },
+            HostToRunner::ModelResponse { request_id, result } => match waiting {
+                Some(Waiting::Model {
+                    request_id: pending,
+                }) if pending == request_id => self.on_model_result(result),
+                Some(Waiting::Summary {
+                    request_id: pending,
+                    prompt,
+                }) if pending == request_id => self.on_summary(prompt, result),
+                _ => Step::note(format!(
+                    "ignoring model response {request_id}: {}",
+                    self.waiting_for()
+                )),
+            },
+            HostToRunner::HostResponse { request_id, result } => match waiting {
+                Some(Waiting::Host {
+                    request_id: pending,
+                    tool_use_id,
+                }) if pending == request_id => self.on_host_result(tool_use_id, result),
+                _ => Step::note(format!(
+                    "ignoring host response {request_id}: {}",
+                    self.waiting_for()
+                )),
+            },
+        }
+    }
+
+    fn waiting_for(&self) -> String {
+        match &self.phase {
+            Phase::InTurn {
+                waiting: Waiting::Model { request_id },
+                ..
+            } => format!("waiting for model response {request_id}"),
+            Phase::InTurn {
+                waiting: Waiting::Host { request_id, .. },
+                ..
+            } => format!("waiting for host response {request_id}"),
+            Phase::InTurn {
+                waiting: Waiting::Summary { request_id, .. },
+                ..
+            } => format!("waiting for summary response {request_id}"),
+            _ => "no request is pending".into(),
         }
     }
 
     /// Stdin closed: the host is done with this run.
     fn on_eof(&mut self) -> Step {
-        match self.phase {
+        match &self.phase {
             Phase::AwaitingStart | Phase::Idle => Step::exit(0),
-            Phase::AwaitingModel { request_id, .. } => Step {
+            Phase::InTurn { .. } => Step {
                 note: Some(format!(
-                    "stdin closed while waiting for model response {request_id}; giving up the turn"
+                    "stdin closed while {}; giving up the turn",
+                    self.waiting_for()
                 )),
                 exit: Some(EXIT_BROKEN),
                 ..Step::default()
@@ -308,65 +651,325 @@ impl Runner {
         self.system = build_system_prompt(&start, &self.memories);
         let prompt = start.prompt.clone();
         self.start = Some(start);
+        self.open_session();
         let mut step = Step::default();
-        step.send.push(self.begin_turn(prompt));
+        self.begin_turn(prompt, &mut step);
         step
     }
 
-    fn begin_turn(&mut self, prompt: String) -> RunnerToHost {
-        let request_id = self.next_request_id;
-        self.next_request_id += 1;
-        let request = ModelRequest {
-            system: self.system.clone(),
+    /// Starts a turn for `prompt`: fails it at once on a stale session, first
+    /// compacts a transcript over its budget, else asks the model.
+    fn begin_turn(&mut self, prompt: String, step: &mut Step) {
+        if let Some(error) = self.stale_session.clone() {
+            step.send.push(RunnerToHost::Result(RunResult {
+                status: RunStatus::Error,
+                session_id: Some(self.session_id()),
+                last_assistant_id: None,
+                error: Some(error),
+                error_kind: Some(ErrorKind::Permanent),
+            }));
+            // Started and serving (also when this was the start's own turn).
+            self.phase = Phase::Idle;
+            self.after_turn(step);
+            return;
+        }
+        let over_budget = self
+            .transcript
+            .as_ref()
+            .is_some_and(|t| t.approx_tokens() > self.sessions.compact_above_tokens);
+        if over_budget {
+            self.ask_for_summary(prompt, step);
+        } else {
+            self.start_turn(prompt, step);
+        }
+    }
+
+    fn start_turn(&mut self, prompt: String, step: &mut Step) {
+        let turn = Turn {
             messages: self.conversation.with_prompt(&prompt),
-            max_tokens: MAX_TOKENS,
+            committed: self.conversation.messages.len(),
+            pending: VecDeque::new(),
+            results: Vec::new(),
+            tool_calls: 0,
+            model_calls: 0,
+            tokens: 0,
         };
-        self.phase = Phase::AwaitingModel { request_id, prompt };
-        RunnerToHost::ModelRequest {
+        self.ask_model(turn, step);
+    }
+
+    /// Asks the model to summarise the conversation, as text and without
+    /// tools; the turn for `prompt` starts when the answer is in.
+    fn ask_for_summary(&mut self, prompt: String, step: &mut Step) {
+        let request_id = self.take_request_id();
+        let request = ModelRequest {
+            system: SUMMARY_SYSTEM.to_string(),
+            messages: vec![ChatMessage {
+                role: Role::User,
+                content: vec![user_text(&format!(
+                    "<conversation>\n{}</conversation>\n\nSummarise the conversation above.",
+                    render_for_summary(&self.conversation.messages)
+                ))],
+            }],
+            max_tokens: MAX_TOKENS,
+            tools: Vec::new(),
+        };
+        let placeholder = Turn {
+            messages: Vec::new(),
+            committed: 0,
+            pending: VecDeque::new(),
+            results: Vec::new(),
+            tool_calls: 0,
+            model_calls: 0,
+            tokens: 0,
+        };
+        self.phase = Phase::InTurn {
+            turn: Box::new(placeholder),
+            waiting: Waiting::Summary { request_id, prompt },
+        };
+        step.send.push(RunnerToHost::ModelRequest {
             request_id,
             request,
-        }
+        });
     }
 
-    fn finish_turn(&mut self, result: ModelResult) -> Step {
-        let prompt = match std::mem::replace(&mut self.phase, Phase::Idle) {
-            Phase::AwaitingModel { prompt, .. } => prompt,
-            // Only called while awaiting a model response.
-            _ => String::new(),
-        };
+    /// Compacts the transcript with the model's summary, then starts the
+    /// turn. A failed summary or compaction only costs the compaction: the
+    /// user's turn runs on the full conversation and it is tried next turn.
+    fn on_summary(&mut self, prompt: String, result: ModelResult) -> Step {
         let mut step = Step::default();
-        match result {
-            ModelResult::Ok(reply) => self.succeed(&prompt, reply, &mut step),
-            ModelResult::Error(failure) => self.fail(failure, &mut step),
+        let _ = self.take_turn();
+        let summary = match result {
+            ModelResult::Ok(reply) => reply_text(&reply.content),
+            ModelResult::Error(failure) => {
+                self.notes.push(format!(
+                    "compaction skipped: summary failed: {}",
+                    failure.message
+                ));
+                String::new()
+            }
+        };
+        if !summary.trim().is_empty() {
+            self.compact(&format!("{SUMMARY_HEADING}{summary}"));
         }
-        // Follow-ups the host already handed over are answered before a close
-        // is honoured: the host counts them as delivered to this container.
-        if let Some(next) = self.queued.pop_front() {
-            step.send.push(self.begin_turn(next));
-        } else if self.close_requested {
-            step.exit = Some(0);
-        }
+        self.start_turn(prompt, &mut step);
         step
     }
 
-    fn succeed(&mut self, prompt: &str, reply: ModelReply, step: &mut Step) {
+    fn compact(&mut self, summary: &str) {
+        let Some(transcript) = self.transcript.as_mut() else {
+            return;
+        };
+        let compacted = transcript
+            .compact(summary, self.sessions.keep_last, &self.sessions.archive_dir)
+            .and_then(|tip| {
+                let messages = transcript
+                    .resume(Some(&tip))
+                    .map_err(|error| io::Error::other(error.to_string()))?;
+                Ok((tip, messages))
+            });
+        match compacted {
+            Ok((tip, messages)) => {
+                self.conversation.messages = messages;
+                // The old anchor may have been compacted away.
+                self.last_assistant_id = Some(tip);
+            }
+            Err(error) => self.notes.push(format!(
+                "compaction failed, keeping the full transcript: {error}"
+            )),
+        }
+    }
+
+    fn ask_model(&mut self, mut turn: Turn, step: &mut Step) {
+        let request_id = self.take_request_id();
+        turn.model_calls += 1;
+        let request = ModelRequest {
+            system: self.system.clone(),
+            messages: request_messages(&turn.messages),
+            max_tokens: MAX_TOKENS,
+            tools: tools::specs(),
+        };
+        self.phase = Phase::InTurn {
+            turn: Box::new(turn),
+            waiting: Waiting::Model { request_id },
+        };
+        step.send.push(RunnerToHost::ModelRequest {
+            request_id,
+            request,
+        });
+    }
+
+    /// Takes the running turn out of the phase (leaving `Idle`).
+    fn take_turn(&mut self) -> Option<Turn> {
+        match std::mem::replace(&mut self.phase, Phase::Idle) {
+            Phase::InTurn { turn, .. } => Some(*turn),
+            other => {
+                self.phase = other;
+                None
+            }
+        }
+    }
+
+    fn on_model_result(&mut self, result: ModelResult) -> Step {
+        let mut step = Step::default();
+        let Some(mut turn) = self.take_turn() else {
+            return Step::note("a model result arrived outside a turn");
+        };
+        let reply = match result {
+            ModelResult::Ok(reply) => reply,
+            ModelResult::Error(failure) => {
+                self.fail(failure, &mut step);
+                self.after_turn(&mut step);
+                return step;
+            }
+        };
+        turn.tokens += reply.input_tokens + reply.output_tokens;
+        // Text reaches the user as it comes, also between tool calls.
         let text = reply_text(&reply.content);
         if !text.is_empty() {
             step.send.push(RunnerToHost::Output { text });
         }
-        self.conversation.commit(prompt, &reply.content);
-        self.last_assistant_id = Some(reply.id.clone());
+        push_assistant(&mut turn.messages, &reply.content);
+        turn.pending = reply
+            .content
+            .iter()
+            .filter_map(|block| match block {
+                ContentBlock::ToolUse { id, name, input } => Some(ToolCall {
+                    id: id.clone(),
+                    name: name.clone(),
+                    input: input.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        if turn.pending.is_empty() {
+            self.succeed(turn, &mut step);
+        } else if turn.model_calls >= self.limits.model_calls {
+            let why = format!("{} model calls", self.limits.model_calls);
+            self.stop_at_limit(turn, &why, &mut step);
+        } else if turn.tokens >= self.limits.tokens {
+            let why = format!("{} tokens", self.limits.tokens);
+            self.stop_at_limit(turn, &why, &mut step);
+        } else {
+            self.run_tools(turn, &mut step);
+        }
+        step
+    }
+
+    fn on_host_result(&mut self, tool_use_id: String, result: HostResult) -> Step {
+        let mut step = Step::default();
+        let Some(mut turn) = self.take_turn() else {
+            return Step::note("a host result arrived outside a turn");
+        };
+        let (content, is_error) = match result {
+            HostResult::Ok { content } => (content, false),
+            HostResult::Error { message } => (message, true),
+        };
+        turn.results.push(ContentBlock::ToolResult {
+            tool_use_id,
+            content,
+            is_error,
+        });
+        self.run_tools(turn, &mut step);
+        step
+    }
+
+    /// Runs the pending tool calls in order until one needs the host (then
+    /// waits for its answer) or none is left (then asks the model again).
+    fn run_tools(&mut self, mut turn: Turn, step: &mut Step) {
+        while let Some(call) = turn.pending.pop_front() {
+            if turn.tool_calls >= self.limits.tool_calls {
+                turn.pending.push_front(call);
+                let why = format!("{} tool calls", self.limits.tool_calls);
+                self.stop_at_limit(turn, &why, step);
+                return;
+            }
+            turn.tool_calls += 1;
+            let output = match tools::dispatch(&call.name, &call.input) {
+                Dispatch::Local => tools::run_local(&self.tools, &call.name, &call.input),
+                Dispatch::Refused(output) => output,
+                Dispatch::Host(action) => {
+                    let request_id = self.take_request_id();
+                    step.send
+                        .push(RunnerToHost::HostRequest { request_id, action });
+                    self.phase = Phase::InTurn {
+                        turn: Box::new(turn),
+                        waiting: Waiting::Host {
+                            request_id,
+                            tool_use_id: call.id,
+                        },
+                    };
+                    return;
+                }
+            };
+            turn.results.push(ContentBlock::ToolResult {
+                tool_use_id: call.id,
+                content: output.content,
+                is_error: output.is_error,
+            });
+        }
+        let results = std::mem::take(&mut turn.results);
+        push_user(&mut turn.messages, results);
+        self.ask_model(turn, step);
+    }
+
+    /// Ends a runaway turn as a success with a note to the user: what was done
+    /// is kept (the conversation, files), and the user can say "continue".
+    /// An error result would make the host retry the batch and repeat the
+    /// tools' side effects. Calls not run get an error result, so the kept
+    /// conversation stays valid for the next turn.
+    fn stop_at_limit(&mut self, mut turn: Turn, limit: &str, step: &mut Step) {
+        for call in std::mem::take(&mut turn.pending) {
+            turn.results.push(ContentBlock::ToolResult {
+                tool_use_id: call.id,
+                content: format!("not run: this turn reached its limit of {limit}"),
+                is_error: true,
+            });
+        }
+        let results = std::mem::take(&mut turn.results);
+        push_user(&mut turn.messages, results);
+        step.send.push(RunnerToHost::Output {
+            text: format!(
+                "I stopped here: this request reached my limit of {limit} in one turn. \
+                 Say \"continue\" if you want me to carry on."
+            ),
+        });
+        self.succeed(turn, step);
+    }
+
+    /// Commits the turn: its messages join the conversation and are written
+    /// to the transcript in order. The anchor reported is the uuid of the last
+    /// one written: the final reply, or (after an empty reply or a stop at a
+    /// limit) the user message after it, so a resume never ends on a
+    /// `tool_use` without its results.
+    fn succeed(&mut self, turn: Turn, step: &mut Step) {
+        let new_messages = turn.messages[turn.committed.min(turn.messages.len())..].to_vec();
+        for message in new_messages {
+            let uuid = self.record(message);
+            self.last_assistant_id = Some(uuid);
+        }
+        self.conversation.messages = turn.messages;
         step.send.push(RunnerToHost::Result(RunResult {
             status: RunStatus::Success,
             session_id: Some(self.session_id()),
-            last_assistant_id: Some(reply.id),
+            last_assistant_id: self.last_assistant_id.clone(),
             error: None,
             error_kind: None,
         }));
+        self.after_turn(step);
+    }
+
+    /// Follow-ups the host already handed over are answered before a close
+    /// is honoured: the host counts them as delivered to this container.
+    fn after_turn(&mut self, step: &mut Step) {
+        if let Some(next) = self.queued.pop_front() {
+            self.begin_turn(next, step);
+        } else if self.close_requested {
+            step.exit = Some(0);
+        }
     }
 
     fn fail(&mut self, failure: ModelFailure, step: &mut Step) {
-        // The failed prompt is not committed: the host retries it as a batch.
+        // The failed turn is not committed: the host retries its prompt as a batch.
         let anchor = self
             .last_assistant_id
             .clone()
@@ -378,15 +981,6 @@ impl Runner {
             error: Some(failure.message),
             error_kind: Some(failure.kind),
         }));
-    }
-}
-
-fn kind_of(message: &HostToRunner) -> &'static str {
-    match message {
-        HostToRunner::Start(_) => "a start line",
-        HostToRunner::FollowUp { .. } => "a follow-up",
-        HostToRunner::Close => "a close",
-        HostToRunner::ModelResponse { .. } => "a model response",
     }
 }
 
@@ -543,7 +1137,13 @@ fn read_memories() -> Vec<Memory> {
 }
 
 fn main() -> ExitCode {
-    let mut runner = Runner::new(fresh_session_id(), read_memories());
+    let mut runner = Runner::new(
+        fresh_session_id(),
+        read_memories(),
+        ToolContext::container(),
+        Limits::default(),
+        SessionConfig::container(),
+    );
     let stdin = io::stdin();
     let stdout = io::stdout();
     let stderr = io::stderr();
@@ -559,6 +1159,8 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tools::test_support::TempDir;
+    use wire::ModelReply;
 
     fn start(prompt: &str) -> StartRun {
         StartRun {
@@ -592,8 +1194,50 @@ mod tests {
         ContentBlock::Text { text: t.into() }
     }
 
-    fn runner() -> Runner {
-        Runner::new("fresh".into(), Vec::new())
+    /// A runner whose session dir is a temp dir that lives as long as it.
+    struct TestRunner {
+        runner: Runner,
+        _dir: TempDir,
+    }
+
+    impl std::ops::Deref for TestRunner {
+        type Target = Runner;
+        fn deref(&self) -> &Runner {
+            &self.runner
+        }
+    }
+
+    impl std::ops::DerefMut for TestRunner {
+        fn deref_mut(&mut self) -> &mut Runner {
+            &mut self.runner
+        }
+    }
+
+    fn sessions_in(dir: &TempDir) -> SessionConfig {
+        SessionConfig {
+            dir: dir.0.join("session"),
+            archive_dir: dir.0.join("group/conversations"),
+            compact_above_tokens: 100_000,
+            keep_last: 6,
+        }
+    }
+
+    fn runner() -> TestRunner {
+        let dir = TempDir::new();
+        TestRunner {
+            runner: Runner::new(
+                "fresh".into(),
+                Vec::new(),
+                ToolContext::container(),
+                Limits::default(),
+                sessions_in(&dir),
+            ),
+            _dir: dir,
+        }
+    }
+
+    fn is_transcript_uuid(id: Option<&str>) -> bool {
+        id.is_some_and(|id| id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()))
     }
 
     fn request_of(message: &RunnerToHost) -> (u64, &ModelRequest) {
@@ -651,14 +1295,24 @@ mod tests {
     }
 
     #[test]
-    fn conversation_alternates_and_merges_after_an_empty_reply() {
+    fn requests_join_what_the_conversation_stores_apart_after_an_empty_reply() {
         let mut conversation = Conversation::default();
-        conversation.commit("one", &[text("first")]);
-        conversation.commit("two", &[text("")]);
+        conversation.messages = conversation.with_prompt("one");
+        push_assistant(&mut conversation.messages, &[text("first")]);
+        conversation.messages = conversation.with_prompt("two");
+        push_assistant(&mut conversation.messages, &[text("")]);
         let messages = conversation.with_prompt("three");
+        // Stored as said: two user messages in a row.
         let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            vec![Role::User, Role::Assistant, Role::User, Role::User]
+        );
+        // Sent joined, so roles alternate.
+        let sent = request_messages(&messages);
+        let roles: Vec<Role> = sent.iter().map(|m| m.role).collect();
         assert_eq!(roles, vec![Role::User, Role::Assistant, Role::User]);
-        assert_eq!(messages[2].content, vec![text("two"), text("three")]);
+        assert_eq!(sent[2].content, vec![text("two"), text("three")]);
         // Building a request does not change the conversation.
         assert_eq!(conversation.messages.len(), 3);
     }
@@ -693,15 +1347,25 @@ mod tests {
                 text: "pong".into()
             }
         );
+        let result = result_of(&step.send[1]);
+        // The anchor is the transcript uuid of the reply, not the provider's id.
+        assert!(
+            is_transcript_uuid(result.last_assistant_id.as_deref()),
+            "{result:?}"
+        );
         assert_eq!(
-            result_of(&step.send[1]),
+            result,
             &RunResult {
                 status: RunStatus::Success,
                 session_id: Some("fresh".into()),
-                last_assistant_id: Some("msg_1".into()),
+                last_assistant_id: result.last_assistant_id.clone(),
                 error: None,
                 error_kind: None,
             }
+        );
+        assert_eq!(
+            r.transcript.as_ref().and_then(|t| t.tip()),
+            result.last_assistant_id.as_deref()
         );
         assert_eq!(step.exit, None);
         assert_eq!(r.phase, Phase::Idle);
@@ -841,7 +1505,10 @@ mod tests {
         assert!(step.note.is_some());
         assert!(matches!(
             r.phase,
-            Phase::AwaitingModel { request_id: 1, .. }
+            Phase::InTurn {
+                waiting: Waiting::Model { request_id: 1 },
+                ..
+            }
         ));
     }
 
@@ -982,5 +1649,655 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    // --- the tool loop ---------------------------------------------------
+
+    fn tool_runner(dir: &TempDir, limits: Limits) -> Runner {
+        let ctx = dir.context();
+        std::fs::create_dir_all(&ctx.workdir).unwrap();
+        Runner::new("fresh".into(), Vec::new(), ctx, limits, sessions_in(dir))
+    }
+
+    fn tool_use(id: &str, name: &str, input: serde_json::Value) -> ContentBlock {
+        ContentBlock::ToolUse {
+            id: id.into(),
+            name: name.into(),
+            input,
+        }
+    }
+
+    fn reply_with(id: &str, content: Vec<ContentBlock>) -> ModelResult {
+        ModelResult::Ok(ModelReply {
+            id: id.into(),
+            content,
+            stop_reason: Some("tool_use".into()),
+            input_tokens: 10,
+            output_tokens: 5,
+        })
+    }
+
+    /// The tool results of the last user message of a model request.
+    fn tool_results(request: &ModelRequest) -> Vec<(String, String, bool)> {
+        let last = request.messages.last().unwrap();
+        assert_eq!(last.role, Role::User);
+        last.content
+            .iter()
+            .filter_map(|block| match block {
+                ContentBlock::ToolResult {
+                    tool_use_id,
+                    content,
+                    is_error,
+                } => Some((tool_use_id.clone(), content.clone(), *is_error)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn model_requests_carry_the_tool_specs_and_the_prompt_describes_memory() {
+        let mut r = runner();
+        let step = r.on_message(HostToRunner::Start(start("hi")));
+        let (_, request) = request_of(&step.send[0]);
+        let names: Vec<&str> = request.tools.iter().map(|t| t.name.as_str()).collect();
+        assert!(names.contains(&"bash") && names.contains(&"send_message"));
+        assert!(request.system.contains("/workspace/group/CLAUDE.md"));
+        assert!(request.system.contains("read-only here"));
+        assert!(!request.system.contains("register_group"));
+        let mut main_start = start("hi");
+        main_start.is_main = true;
+        let main_prompt = build_system_prompt(&main_start, &[]);
+        assert!(main_prompt.contains("register_group"));
+        assert!(main_prompt.contains("shared by every group; edit it"));
+        assert!(!main_prompt.contains("read-only here"));
+    }
+
+    #[test]
+    fn write_then_read_tool_calls_loop_back_to_the_model_until_a_plain_reply() {
+        let dir = TempDir::new();
+        let mut r = tool_runner(&dir, Limits::default());
+        r.on_message(HostToRunner::Start(start("note the milk")));
+        let step = r.on_message(response(
+            1,
+            reply_with(
+                "msg_1",
+                vec![
+                    text("Writing it down."),
+                    tool_use(
+                        "t1",
+                        "write_file",
+                        serde_json::json!({"path": "notes/list.md", "content": "milk\n"}),
+                    ),
+                ],
+            ),
+        ));
+        assert_eq!(
+            step.send[0],
+            RunnerToHost::Output {
+                text: "Writing it down.".into()
+            }
+        );
+        assert_eq!(step.send.len(), 2, "{step:?}");
+        let (id, request) = request_of(&step.send[1]);
+        assert_eq!(id, 2);
+        let results = tool_results(request);
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].0, "t1");
+        assert!(!results[0].2, "{results:?}");
+        assert_eq!(
+            std::fs::read_to_string(dir.0.join("group/notes/list.md")).unwrap(),
+            "milk\n"
+        );
+        // The assistant's tool_use message sits between the prompt and the results.
+        let roles: Vec<Role> = request.messages.iter().map(|m| m.role).collect();
+        assert_eq!(roles, vec![Role::User, Role::Assistant, Role::User]);
+
+        let step = r.on_message(response(
+            2,
+            reply_with(
+                "msg_2",
+                vec![tool_use(
+                    "t2",
+                    "read_file",
+                    serde_json::json!({"path": "notes/list.md"}),
+                )],
+            ),
+        ));
+        let (id, request) = request_of(&step.send[0]);
+        assert_eq!(id, 3);
+        assert_eq!(
+            tool_results(request),
+            vec![("t2".into(), "     1\tmilk\n".into(), false)]
+        );
+
+        let step = r.on_message(response(3, ok("msg_3", "Noted: milk.")));
+        assert_eq!(
+            step.send[0],
+            RunnerToHost::Output {
+                text: "Noted: milk.".into()
+            }
+        );
+        let result = result_of(&step.send[1]);
+        assert_eq!(result.status, RunStatus::Success);
+        assert!(is_transcript_uuid(result.last_assistant_id.as_deref()));
+        assert_eq!(r.phase, Phase::Idle);
+        // The whole turn, tools included, is the conversation the next turn builds on.
+        assert_eq!(r.conversation.messages.len(), 6);
+    }
+
+    #[test]
+    fn a_hung_bash_call_is_cut_at_its_timeout_and_the_loop_goes_on() {
+        let dir = TempDir::new();
+        let mut r = tool_runner(&dir, Limits::default());
+        r.on_message(HostToRunner::Start(start("run it")));
+        let started = std::time::Instant::now();
+        let step = r.on_message(response(
+            1,
+            reply_with(
+                "msg_1",
+                vec![tool_use(
+                    "t1",
+                    "bash",
+                    serde_json::json!({"command": "sleep 30", "timeout_seconds": 0.2}),
+                )],
+            ),
+        ));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let (id, request) = request_of(&step.send[0]);
+        assert_eq!(id, 2);
+        let results = tool_results(request);
+        assert!(results[0].2, "{results:?}");
+        assert!(results[0].1.contains("did not finish within 0.2 s"));
+        let step = r.on_message(response(2, ok("msg_2", "It hung.")));
+        assert_eq!(result_of(&step.send[1]).status, RunStatus::Success);
+    }
+
+    #[test]
+    fn host_tools_round_trip_through_the_host_and_queue_what_arrives_meanwhile() {
+        let dir = TempDir::new();
+        let mut r = tool_runner(&dir, Limits::default());
+        r.on_message(HostToRunner::Start(start("tell them")));
+        let step = r.on_message(response(
+            1,
+            reply_with(
+                "msg_1",
+                vec![
+                    tool_use("t1", "send_message", serde_json::json!({"text": "hello"})),
+                    tool_use("t2", "list", serde_json::json!({})),
+                    tool_use("t3", "cancel_task", serde_json::json!({"task_id": "x"})),
+                ],
+            ),
+        ));
+        assert_eq!(
+            step.send,
+            vec![RunnerToHost::HostRequest {
+                request_id: 2,
+                action: wire::HostAction::SendMessage {
+                    chat_id: None,
+                    text: "hello".into()
+                }
+            }]
+        );
+        // While the host works: a follow-up is queued, a stale answer ignored.
+        assert_eq!(
+            r.on_message(HostToRunner::FollowUp {
+                prompt: "later".into()
+            }),
+            Step::default()
+        );
+        let stale = r.on_message(response(2, ok("msg_x", "?")));
+        assert!(stale.send.is_empty() && stale.note.is_some());
+        // The answer runs the local tool, then asks the host again.
+        let step = r.on_message(HostToRunner::HostResponse {
+            request_id: 2,
+            result: HostResult::Ok {
+                content: "sent".into(),
+            },
+        });
+        assert_eq!(
+            step.send,
+            vec![RunnerToHost::HostRequest {
+                request_id: 3,
+                action: wire::HostAction::CancelTask {
+                    task_id: "x".into()
+                }
+            }]
+        );
+        let step = r.on_message(HostToRunner::HostResponse {
+            request_id: 3,
+            result: HostResult::Error {
+                message: "no such task".into(),
+            },
+        });
+        let (id, request) = request_of(&step.send[0]);
+        assert_eq!(id, 4);
+        let results = tool_results(request);
+        assert_eq!(results[0], ("t1".into(), "sent".into(), false));
+        assert_eq!(results[1].0, "t2");
+        assert!(!results[1].2);
+        assert_eq!(results[2], ("t3".into(), "no such task".into(), true));
+        // The turn ends, then the queued follow-up starts the next one.
+        let step = r.on_message(response(4, ok("msg_4", "Done.")));
+        assert_eq!(step.send.len(), 3, "{step:?}");
+        let (id, request) = request_of(&step.send[2]);
+        assert_eq!(id, 5);
+        assert_eq!(
+            request.messages.last().unwrap().content,
+            vec![text("later")]
+        );
+    }
+
+    #[test]
+    fn eof_while_waiting_for_the_host_exits_1() {
+        let dir = TempDir::new();
+        let mut r = tool_runner(&dir, Limits::default());
+        r.on_message(HostToRunner::Start(start("x")));
+        r.on_message(response(
+            1,
+            reply_with(
+                "msg_1",
+                vec![tool_use("t1", "list_tasks", serde_json::json!({}))],
+            ),
+        ));
+        let step = r.on_eof();
+        assert_eq!(step.exit, Some(EXIT_BROKEN));
+        assert!(step.note.unwrap().contains("host response 2"));
+    }
+
+    #[test]
+    fn the_tool_call_limit_ends_the_turn_with_a_note_and_a_valid_conversation() {
+        let dir = TempDir::new();
+        let limits = Limits {
+            tool_calls: 2,
+            ..Limits::default()
+        };
+        let mut r = tool_runner(&dir, limits);
+        r.on_message(HostToRunner::Start(start("loop")));
+        let touch = |n: u32| {
+            tool_use(
+                &format!("t{n}"),
+                "write_file",
+                serde_json::json!({"path": format!("f{n}"), "content": ""}),
+            )
+        };
+        let step = r.on_message(response(1, reply_with("msg_1", vec![touch(1)])));
+        request_of(&step.send[0]);
+        let step = r.on_message(response(2, reply_with("msg_2", vec![touch(2), touch(3)])));
+        assert_eq!(step.send.len(), 2, "{step:?}");
+        match &step.send[0] {
+            RunnerToHost::Output { text } => assert!(text.contains("limit of 2 tool calls")),
+            other => panic!("expected the note, got {other:?}"),
+        }
+        let result = result_of(&step.send[1]);
+        assert_eq!(result.status, RunStatus::Success);
+        assert!(is_transcript_uuid(result.last_assistant_id.as_deref()));
+        assert!(dir.0.join("group/f2").exists());
+        assert!(!dir.0.join("group/f3").exists());
+        // Every tool_use has its result, and the next prompt joins that message.
+        let step = r.on_message(HostToRunner::FollowUp {
+            prompt: "continue".into(),
+        });
+        let (_, request) = request_of(&step.send[0]);
+        let results = tool_results(request);
+        assert_eq!(results.len(), 2);
+        assert!(results[1].2 && results[1].1.contains("not run"));
+        assert_eq!(
+            request.messages.last().unwrap().content.last(),
+            Some(&text("continue"))
+        );
+    }
+
+    #[test]
+    fn the_model_call_limit_stops_a_turn_that_keeps_calling_tools() {
+        let dir = TempDir::new();
+        let limits = Limits {
+            model_calls: 1,
+            ..Limits::default()
+        };
+        let mut r = tool_runner(&dir, limits);
+        r.on_message(HostToRunner::Start(start("loop")));
+        let step = r.on_message(response(
+            1,
+            reply_with("msg_1", vec![tool_use("t1", "list", serde_json::json!({}))]),
+        ));
+        assert!(
+            matches!(&step.send[0], RunnerToHost::Output { text } if text.contains("1 model calls"))
+        );
+        assert_eq!(result_of(&step.send[1]).status, RunStatus::Success);
+    }
+
+    #[test]
+    fn unknown_tools_get_an_error_result_not_a_crash() {
+        let dir = TempDir::new();
+        let mut r = tool_runner(&dir, Limits::default());
+        r.on_message(HostToRunner::Start(start("x")));
+        let step = r.on_message(response(
+            1,
+            reply_with(
+                "msg_1",
+                vec![tool_use("t1", "launch", serde_json::json!({}))],
+            ),
+        ));
+        let (_, request) = request_of(&step.send[0]);
+        let results = tool_results(request);
+        assert!(results[0].2 && results[0].1.contains("unknown tool"));
+    }
+
+    // --- sessions ----------------------------------------------------------
+
+    fn resume_start(prompt: &str, session_id: &str, resume_at: Option<&str>) -> StartRun {
+        let mut s = start(prompt);
+        s.session_id = Some(session_id.into());
+        s.resume_at = resume_at.map(str::to_string);
+        s
+    }
+
+    fn texts_of(messages: &[ChatMessage]) -> Vec<String> {
+        messages
+            .iter()
+            .flat_map(|m| m.content.iter())
+            .map(|block| match block {
+                ContentBlock::Text { text } => text.clone(),
+                ContentBlock::ToolUse { name, .. } => format!("use:{name}"),
+                ContentBlock::ToolResult { content, .. } => format!("result:{content}"),
+            })
+            .collect()
+    }
+
+    /// One turn on `r`: the prompt goes in (as the start or a follow-up), the
+    /// model answers `answer`; returns the anchor of the result.
+    fn turn(r: &mut Runner, first: Option<StartRun>, prompt: &str, answer: &str) -> String {
+        let step = match first {
+            Some(start) => r.on_message(HostToRunner::Start(start)),
+            None => r.on_message(HostToRunner::FollowUp {
+                prompt: prompt.into(),
+            }),
+        };
+        let (id, _) = request_of(&step.send[0]);
+        let step = r.on_message(response(id, ok("msg_x", answer)));
+        let result = result_of(step.send.last().unwrap());
+        assert_eq!(result.status, RunStatus::Success, "{result:?}");
+        result.last_assistant_id.clone().unwrap()
+    }
+
+    #[test]
+    fn a_second_start_with_the_recorded_anchor_resumes_the_conversation() {
+        let dir = TempDir::new();
+        let mut first = tool_runner(&dir, Limits::default());
+        let anchor = turn(&mut first, Some(start("one")), "one", "first");
+        let session_id = first.session_id();
+        assert_eq!(session_id, "fresh");
+        drop(first);
+
+        let mut second = tool_runner(&dir, Limits::default());
+        let step = second.on_message(HostToRunner::Start(resume_start(
+            "two",
+            &session_id,
+            Some(&anchor),
+        )));
+        let (_, request) = request_of(&step.send[0]);
+        assert_eq!(texts_of(&request.messages), ["one", "first", "two"]);
+        let roles: Vec<Role> = request.messages.iter().map(|m| m.role).collect();
+        assert_eq!(roles, vec![Role::User, Role::Assistant, Role::User]);
+        let step = second.on_message(response(1, ok("msg_y", "second")));
+        let result = result_of(&step.send[1]);
+        assert_eq!(result.session_id.as_deref(), Some("fresh"));
+        let next_anchor = result.last_assistant_id.clone().unwrap();
+        assert_ne!(next_anchor, anchor);
+
+        // The new anchor resumes all four messages, from disk.
+        let mut third = tool_runner(&dir, Limits::default());
+        let step = third.on_message(HostToRunner::Start(resume_start(
+            "three",
+            &session_id,
+            Some(&next_anchor),
+        )));
+        let (_, request) = request_of(&step.send[0]);
+        assert_eq!(
+            texts_of(&request.messages),
+            ["one", "first", "two", "second", "three"]
+        );
+    }
+
+    #[test]
+    fn a_stale_branch_after_the_anchor_is_left_out_of_the_resume() {
+        let dir = TempDir::new();
+        let mut first = tool_runner(&dir, Limits::default());
+        let anchor = turn(&mut first, Some(start("one")), "one", "first");
+        // A turn whose result the host never recorded: its messages are in
+        // the file, after the anchor, as the file's tip.
+        let stale = turn(&mut first, None, "stale question", "stale answer");
+        assert_ne!(stale, anchor);
+        drop(first);
+
+        let mut second = tool_runner(&dir, Limits::default());
+        let step = second.on_message(HostToRunner::Start(resume_start(
+            "two",
+            "fresh",
+            Some(&anchor),
+        )));
+        let (_, request) = request_of(&step.send[0]);
+        assert_eq!(texts_of(&request.messages), ["one", "first", "two"]);
+        // The new turn continues from the anchor, not from the stale tip.
+        let step = second.on_message(response(1, ok("msg_y", "second")));
+        let anchor_two = result_of(&step.send[1]).last_assistant_id.clone().unwrap();
+        let mut third = tool_runner(&dir, Limits::default());
+        let step = third.on_message(HostToRunner::Start(resume_start(
+            "three",
+            "fresh",
+            Some(&anchor_two),
+        )));
+        let (_, request) = request_of(&step.send[0]);
+        assert_eq!(
+            texts_of(&request.messages),
+            ["one", "first", "two", "second", "three"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_anchor_fails_every_turn_with_a_stale_session_error() {
+        let dir = TempDir::new();
+        let mut first = tool_runner(&dir, Limits::default());
+        turn(&mut first, Some(start("one")), "one", "first");
+        drop(first);
+
+        for (session_id, anchor) in [("fresh", "0123456789abcdef"), ("never-written", "abc")] {
+            let mut r = tool_runner(&dir, Limits::default());
+            let step = r.on_message(HostToRunner::Start(resume_start(
+                "two",
+                session_id,
+                Some(anchor),
+            )));
+            assert_eq!(step.send.len(), 1, "no model request: {step:?}");
+            let result = result_of(&step.send[0]);
+            assert_eq!(result.status, RunStatus::Error);
+            assert_eq!(result.error_kind, Some(ErrorKind::Permanent));
+            assert_eq!(result.session_id.as_deref(), Some(session_id));
+            let error = result.error.clone().unwrap();
+            assert!(error.contains("session") && error.contains("missing or unknown"));
+            assert!(error.contains(anchor), "{error}");
+            assert_eq!(step.exit, None);
+            assert_eq!(r.phase, Phase::Idle);
+            // It keeps serving, with the same answer, until the host closes.
+            let step = r.on_message(HostToRunner::FollowUp {
+                prompt: "three".into(),
+            });
+            assert_eq!(
+                result_of(&step.send[0]).error.as_deref(),
+                Some(error.as_str())
+            );
+            assert_eq!(r.on_message(HostToRunner::Close).exit, Some(0));
+        }
+        // Nothing was written for the failed resumes.
+        assert!(!dir.0.join("session/never-written.jsonl").exists());
+    }
+
+    #[test]
+    fn an_unwritable_session_dir_runs_the_turn_without_persistence() {
+        let dir = TempDir::new();
+        let mut r = tool_runner(&dir, Limits::default());
+        // A file where the session dir should be: nothing can be written under it.
+        std::fs::write(dir.0.join("session"), b"not a dir").unwrap();
+        let step = r.on_message(HostToRunner::Start(start("one")));
+        assert!(step
+            .note
+            .unwrap_or_default()
+            .contains("without persistence"));
+        request_of(&step.send[0]);
+        let step = r.on_message(response(1, ok("msg_1", "first")));
+        let result = result_of(&step.send[1]);
+        assert_eq!(result.status, RunStatus::Success);
+        assert!(is_transcript_uuid(result.last_assistant_id.as_deref()));
+        assert!(r.transcript.is_none());
+        // The conversation still goes on in memory.
+        let step = r.on_message(HostToRunner::FollowUp {
+            prompt: "two".into(),
+        });
+        let (_, request) = request_of(&step.send[0]);
+        assert_eq!(texts_of(&request.messages), ["one", "first", "two"]);
+    }
+
+    #[test]
+    fn a_failing_transcript_write_turns_persistence_off_not_the_turn() {
+        let dir = TempDir::new();
+        let mut r = tool_runner(&dir, Limits::default());
+        r.on_message(HostToRunner::Start(start("one")));
+        assert!(r.transcript.is_some());
+        // The session dir becomes unwritable mid-turn (as a read-only mount is).
+        std::fs::write(dir.0.join("session"), b"not a dir").unwrap();
+        let step = r.on_message(response(1, ok("msg_1", "first")));
+        assert!(step
+            .note
+            .unwrap_or_default()
+            .contains("cannot write the transcript"));
+        let result = result_of(&step.send[1]);
+        assert_eq!(result.status, RunStatus::Success);
+        assert!(is_transcript_uuid(result.last_assistant_id.as_deref()));
+        assert!(r.transcript.is_none());
+    }
+
+    #[test]
+    fn a_turn_stopped_at_a_limit_resumes_with_its_tool_results() {
+        let dir = TempDir::new();
+        let limits = Limits {
+            model_calls: 1,
+            ..Limits::default()
+        };
+        let mut r = tool_runner(&dir, limits);
+        r.on_message(HostToRunner::Start(start("loop")));
+        let step = r.on_message(response(
+            1,
+            reply_with("msg_1", vec![tool_use("t1", "list", serde_json::json!({}))]),
+        ));
+        let anchor = result_of(&step.send[1]).last_assistant_id.clone().unwrap();
+        let mut next = tool_runner(&dir, Limits::default());
+        let step = next.on_message(HostToRunner::Start(resume_start(
+            "continue",
+            "fresh",
+            Some(&anchor),
+        )));
+        let (_, request) = request_of(&step.send[0]);
+        // The tool_use is followed by its (not run) result, joined with the prompt.
+        let results = tool_results(request);
+        assert_eq!(results.len(), 1);
+        assert!(results[0].2 && results[0].1.contains("not run"));
+        assert_eq!(
+            request.messages.last().unwrap().content.last(),
+            Some(&text("continue"))
+        );
+    }
+
+    #[test]
+    fn over_budget_the_transcript_is_summarised_archived_and_the_turn_goes_on() {
+        let dir = TempDir::new();
+        let mut r = tool_runner(&dir, Limits::default());
+        r.sessions.compact_above_tokens = 1;
+        r.sessions.keep_last = 1;
+        let anchor = turn(
+            &mut r,
+            Some(start("one, a long question")),
+            "",
+            "first answer",
+        );
+
+        // Over the tiny budget: the next turn first asks for a summary.
+        let step = r.on_message(HostToRunner::FollowUp {
+            prompt: "two".into(),
+        });
+        assert_eq!(step.send.len(), 1);
+        let (id, request) = request_of(&step.send[0]);
+        assert!(request.tools.is_empty());
+        assert!(request.system.starts_with("Summarise this conversation"));
+        let asked = texts_of(&request.messages).join("");
+        assert!(asked.contains("[user] one, a long question"), "{asked}");
+        assert!(asked.contains("[assistant] first answer"), "{asked}");
+        // A follow-up meanwhile waits for the turn, as in any turn.
+        r.on_message(HostToRunner::FollowUp {
+            prompt: "three".into(),
+        });
+
+        let step = r.on_message(response(id, ok("msg_s", "they asked one")));
+        let archived: Vec<_> = std::fs::read_dir(dir.0.join("group/conversations"))
+            .unwrap()
+            .collect();
+        assert_eq!(archived.len(), 1);
+        let (id, request) = request_of(&step.send[0]);
+        assert_eq!(
+            texts_of(&request.messages),
+            [
+                "Summary of the earlier conversation:\nthey asked one",
+                "first answer",
+                "two"
+            ]
+        );
+        assert_eq!(request.system, r.system);
+        assert!(!request.tools.is_empty());
+        // The kept reply keeps its uuid, so the old anchor is still good.
+        assert_eq!(r.last_assistant_id.as_deref(), Some(anchor.as_str()));
+
+        let step = r.on_message(response(id, ok("msg_2", "second")));
+        let anchor_two = result_of(&step.send[1]).last_assistant_id.clone().unwrap();
+        // The queued follow-up compacts again (still over budget) and goes on.
+        let (id, request) = request_of(&step.send[2]);
+        assert!(request.tools.is_empty());
+        let step = r.on_message(response(
+            id,
+            ModelResult::Error(ModelFailure {
+                kind: ErrorKind::Temporary,
+                message: "overloaded".into(),
+            }),
+        ));
+        // A failed summary only skips the compaction.
+        assert!(step.note.unwrap_or_default().contains("compaction skipped"));
+        let (_, request) = request_of(&step.send[0]);
+        assert_eq!(
+            texts_of(&request.messages),
+            [
+                "Summary of the earlier conversation:\nthey asked one",
+                "first answer",
+                "two",
+                "second",
+                "three"
+            ]
+        );
+
+        // A new container resumes the compacted transcript at the host's anchor.
+        let mut next = tool_runner(&dir, Limits::default());
+        let step = next.on_message(HostToRunner::Start(resume_start(
+            "four",
+            "fresh",
+            Some(&anchor_two),
+        )));
+        let (_, request) = request_of(&step.send[0]);
+        assert_eq!(
+            texts_of(&request.messages),
+            [
+                "Summary of the earlier conversation:\nthey asked one",
+                "first answer",
+                "two",
+                "second",
+                "four"
+            ]
+        );
     }
 }
