@@ -126,6 +126,10 @@ pub enum GroupsCommand {
         /// allowlist); repeatable, adds to the list.
         #[arg(long = "mount", value_name = "HOST_PATH[:NAME[:rw]]", value_parser = crate::container_config::parse_mount_flag)]
         mounts: Vec<crate::mount_security::RequestedMount>,
+        /// The model the group's runs ask for, on whichever tier is chosen
+        /// ('' goes back to the tier's configured model).
+        #[arg(long, value_name = "NAME")]
+        model: Option<String>,
     },
 }
 
@@ -514,9 +518,11 @@ fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsComm
             network,
             secrets,
             mounts,
+            model,
         } => {
             let g = find(&chat_id)?;
-            let edits_flags = timeout.is_some()
+            let edits_flags = model.is_some()
+                || timeout.is_some()
                 || memory_mb.is_some()
                 || cpus.is_some()
                 || network.is_some()
@@ -555,6 +561,11 @@ fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsComm
                 if !container.additional_mounts.contains(&mount) {
                     container.additional_mounts.push(mount);
                 }
+            }
+            if let Some(model) = model {
+                let mut choice = container.provider.take().unwrap_or_default();
+                choice.model = (!model.is_empty()).then_some(model);
+                container.provider = (choice != Default::default()).then_some(choice);
             }
             container.validate()?;
             let is_default = container == GroupContainerConfig::default();

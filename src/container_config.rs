@@ -73,19 +73,26 @@ pub struct GroupContainerConfig {
     /// passed into the container, e.g. "THREADS_ACCESS_TOKEN".
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
-    /// The group's model tier, e.g. `{"tier": "light"}`; unset: the router
-    /// (or HEAVY) decides.
+    /// The group's model tier and model, e.g. `{"tier": "light"}`; unset:
+    /// the router (or HEAVY) decides, with the tier's configured model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<GroupProvider>,
 }
 
+/// The longest model name a group may set.
+pub const MAX_MODEL_CHARS: usize = 200;
+
 /// A group's provider choice (spec §7).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupProvider {
     /// `"light"` or `"heavy"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<crate::provider::Tier>,
+    /// The model this group's runs ask for, on whichever tier is chosen;
+    /// unset: the tier's configured model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// The container's network: none unless a group is granted the bridge.
@@ -248,7 +255,15 @@ impl GroupContainerConfig {
                 validate_container_name(path)?;
             }
         }
+        if let Some(model) = self.provider.as_ref().and_then(|p| p.model.as_deref()) {
+            validate_model_name(model)?;
+        }
         Ok(())
+    }
+
+    /// The group's own model, if it sets one.
+    pub fn model(&self) -> Option<&str> {
+        self.provider.as_ref().and_then(|p| p.model.as_deref())
     }
 
     /// Compact and stable (fields in declaration order); unset fields are
@@ -367,8 +382,11 @@ impl GroupContainerConfig {
                 "mount", mount.host_path
             ));
         }
-        if let Some(tier) = self.provider.and_then(|p| p.tier) {
+        if let Some(tier) = self.provider.as_ref().and_then(|p| p.tier) {
             lines.push(format!("  {:<10} {tier}", "tier"));
+        }
+        if let Some(model) = self.model() {
+            lines.push(format!("  {:<10} {model}", "model"));
         }
         if self.secrets.is_empty() {
             lines.push(format!("  {:<10} none", "secrets"));
@@ -396,6 +414,33 @@ fn locate_bad_field(
         }
     }
     ContainerConfigError::InvalidJson(whole.to_string())
+}
+
+/// A model name goes into request bodies and log lines: it must be
+/// non-empty, of bounded length, and free of control characters.
+fn validate_model_name(model: &str) -> Result<(), ContainerConfigError> {
+    let bad = |message: String| ContainerConfigError::BadValue {
+        field: "provider.model".into(),
+        message,
+    };
+    if model.trim().is_empty() {
+        return Err(bad("must not be empty".into()));
+    }
+    let chars = model.chars().count();
+    if chars > MAX_MODEL_CHARS {
+        return Err(bad(format!(
+            "must be at most {MAX_MODEL_CHARS} characters (got {chars})"
+        )));
+    }
+    if model.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "{model:?} contains a control character; a model name is printable text"
+        )));
+    }
+    if model.trim() != model {
+        return Err(bad(format!("{model:?} has leading or trailing whitespace")));
+    }
+    Ok(())
 }
 
 fn validate_secret_name(name: &str) -> Result<(), ContainerConfigError> {
@@ -500,6 +545,7 @@ mod tests {
             secrets: vec!["THREADS_ACCESS_TOKEN".into()],
             provider: Some(GroupProvider {
                 tier: Some(crate::provider::Tier::Heavy),
+                model: None,
             }),
         };
         let cases: Vec<(&str, GroupContainerConfig)> = vec![
@@ -508,6 +554,17 @@ mod tests {
                 GroupContainerConfig {
                     provider: Some(GroupProvider {
                         tier: Some(crate::provider::Tier::Light),
+                        model: None,
+                    }),
+                    ..Default::default()
+                },
+            ),
+            (
+                r#"{"provider":{"model":"special-model"}}"#,
+                GroupContainerConfig {
+                    provider: Some(GroupProvider {
+                        tier: None,
+                        model: Some("special-model".into()),
                     }),
                     ..Default::default()
                 },
@@ -604,7 +661,21 @@ mod tests {
                 r#"{"provider":{"tier":"medium"}}"#,
                 &["provider:", "medium"],
             ),
-            (r#"{"provider":{"model":"x"}}"#, &["provider:", "model"]),
+            (r#"{"provider":{"modle":"x"}}"#, &["provider:", "modle"]),
+            (r#"{"provider":{"model":""}}"#, &["provider.model", "empty"]),
+            (
+                r#"{"provider":{"model":"   "}}"#,
+                &["provider.model", "empty"],
+            ),
+            (
+                r#"{"provider":{"model":"gpt\n4"}}"#,
+                &["provider.model", "control character"],
+            ),
+            (
+                r#"{"provider":{"model":" gpt-4o"}}"#,
+                &["provider.model", "whitespace"],
+            ),
+            (r#"{"provider":{"model":7}}"#, &["provider:", "string"]),
             (r#"{"timeout":3600}"#, &["timeout:", "with a unit", "3600"]),
             (r#"{"network":"host"}"#, &["network:", "host"]),
             (
@@ -686,6 +757,7 @@ mod tests {
             secrets: vec!["THREADS_ACCESS_TOKEN".into()],
             provider: Some(GroupProvider {
                 tier: Some(crate::provider::Tier::Heavy),
+                model: None,
             }),
         };
         let json = config.to_json();
@@ -717,6 +789,7 @@ mod tests {
             secrets: vec!["X".into()],
             provider: Some(GroupProvider {
                 tier: Some(crate::provider::Tier::Light),
+                model: Some("special-model".into()),
             }),
         };
         let value: serde_json::Value = serde_json::from_str(&config.to_json()).unwrap();
@@ -815,6 +888,46 @@ mod tests {
             "{summary}"
         );
         assert!(summary.contains("secrets    A, B"), "{summary}");
+        assert!(!summary.contains("model"), "{summary}");
+        let with_model = GroupContainerConfig {
+            provider: Some(GroupProvider {
+                tier: Some(crate::provider::Tier::Light),
+                model: Some("special-model".into()),
+            }),
+            ..Default::default()
+        };
+        let summary = with_model.effective_summary(&defaults);
+        assert!(summary.contains("tier       light\n"), "{summary}");
+        assert!(summary.contains("model      special-model\n"), "{summary}");
+    }
+
+    #[test]
+    fn model_names_are_bounded_in_length_counting_characters() {
+        let with_model = |model: String| GroupContainerConfig {
+            provider: Some(GroupProvider {
+                tier: None,
+                model: Some(model),
+            }),
+            ..Default::default()
+        };
+        let longest = with_model("é".repeat(MAX_MODEL_CHARS));
+        assert!(longest.validate().is_ok());
+        assert_eq!(longest.model().map(|m| m.chars().count()), Some(200));
+        let error = with_model("m".repeat(MAX_MODEL_CHARS + 1))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("provider.model"), "{error}");
+        assert!(
+            error.contains("at most 200 characters (got 201)"),
+            "{error}"
+        );
+        let parsed = GroupContainerConfig::parse(
+            r#"{"provider":{"tier":"heavy","model":"org/m:v1 large"}}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.model(), Some("org/m:v1 large"));
+        assert_eq!(GroupContainerConfig::default().model(), None);
     }
 
     #[test]

@@ -221,19 +221,20 @@ impl HostContext {
     }
 
     /// The provider for one run of `group` with this agent prompt, chosen by
-    /// the group's own tier setting and the router, and logged. A group
-    /// config that does not parse counts as "no setting" here; `run_plan`
-    /// refuses it anyway.
+    /// the group's own tier setting and the router, asking for the group's
+    /// own model if it sets one, and logged. A group config that does not
+    /// parse counts as "no setting" here; `run_plan` refuses it anyway.
     pub fn provider_for_batch(
         &self,
         group: &RegisteredGroup,
         prompt: &str,
     ) -> (Arc<dyn Provider>, RoutingDecision) {
-        let group_tier = GroupContainerConfig::of_group(group.container_config.as_deref())
+        let choice = GroupContainerConfig::of_group(group.container_config.as_deref())
             .ok()
             .and_then(|config| config.provider)
-            .and_then(|provider| provider.tier);
-        self.providers.for_batch(&group.folder, group_tier, prompt)
+            .unwrap_or_default();
+        self.providers
+            .for_batch(&group.folder, choice.tier, choice.model.as_deref(), prompt)
     }
 
     /// How a container for `group` is made, creating its host directories

@@ -7,6 +7,7 @@
 //! failure sentences are the shared ones in `http.rs`; the credential never
 //! appears in a message or a log line.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -99,6 +100,19 @@ impl Provider for AnthropicProvider {
 
     fn complete(&self, request: ModelRequest) -> BoxFuture<'_, Result<ModelReply, ModelFailure>> {
         Box::pin(self.complete_with_retries(request))
+    }
+
+    fn with_model(&self, model: &str) -> Option<Arc<dyn Provider>> {
+        // reqwest's client is a handle: the clone shares the pool.
+        Some(Arc::new(AnthropicProvider {
+            client: self.client.clone(),
+            messages_url: self.messages_url.clone(),
+            headers: self.headers.clone(),
+            config: AnthropicConfig {
+                model: model.to_string(),
+                ..self.config.clone()
+            },
+        }))
     }
 }
 
@@ -404,6 +418,25 @@ mod tests {
                 .unwrap();
         let shown = format!("{provider:?}");
         assert!(!shown.contains("oauth-canary"), "{shown}");
+    }
+
+    #[test]
+    fn a_copy_with_another_model_keeps_the_endpoint_and_credential() {
+        let provider =
+            AnthropicProvider::new(config(Credential::ApiKey(Secret::new("key-canary")))).unwrap();
+        let copy = provider.with_model("claude-special").unwrap();
+        assert_eq!((copy.name(), copy.model()), ("anthropic", "claude-special"));
+        assert_eq!(provider.model(), "claude-test");
+        // The copy's call context names its own model and the same endpoint.
+        let copied = AnthropicConfig {
+            model: copy.model().to_string(),
+            ..provider.config.clone()
+        };
+        let context = call_context(&copied);
+        assert_eq!(
+            (context.model, context.base_url),
+            ("claude-special", "http://127.0.0.1:1")
+        );
     }
 
     #[test]

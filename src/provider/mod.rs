@@ -22,6 +22,7 @@ mod openai;
 mod routed;
 mod router;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
@@ -78,6 +79,14 @@ pub trait Provider: Send + Sync + 'static {
 
     /// One completion, retries included: the result is final.
     fn complete(&self, request: ModelRequest) -> BoxFuture<'_, Result<ModelReply, ModelFailure>>;
+
+    /// The same endpoint and credential asking for `model` instead, for a
+    /// group that sets its own model; the copy shares this provider's
+    /// connection pool. `None` when this provider cannot switch models.
+    fn with_model(&self, model: &str) -> Option<Arc<dyn Provider>> {
+        let _ = model;
+        None
+    }
 }
 
 /// The failure class of a non-success HTTP status.

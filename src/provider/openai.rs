@@ -10,6 +10,7 @@
 //! not care which provider answered. Retries and failure sentences are the
 //! shared ones in `http.rs`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -124,6 +125,20 @@ impl Provider for OpenAiProvider {
 
     fn complete(&self, request: ModelRequest) -> BoxFuture<'_, Result<ModelReply, ModelFailure>> {
         Box::pin(self.complete_with_retries(request))
+    }
+
+    fn with_model(&self, model: &str) -> Option<Arc<dyn Provider>> {
+        // reqwest's client is a handle: the clone shares the pool.
+        Some(Arc::new(OpenAiProvider {
+            client: self.client.clone(),
+            completions_url: self.completions_url.clone(),
+            headers: self.headers.clone(),
+            config: OpenAiConfig {
+                model: model.to_string(),
+                ..self.config.clone()
+            },
+            auth_hint: self.auth_hint.clone(),
+        }))
     }
 }
 
@@ -523,5 +538,31 @@ mod tests {
         assert_eq!(provider.headers[AUTHORIZATION], "Bearer key-canary");
         let shown = format!("{provider:?}");
         assert!(!shown.contains("key-canary"), "{shown}");
+    }
+
+    #[test]
+    fn a_copy_with_another_model_keeps_the_endpoint_and_key() {
+        let provider = OpenAiProvider::new(OpenAiConfig {
+            base_url: "http://h".into(),
+            api_key: Some(Secret::new("key-canary")),
+            model: "m".into(),
+            request_timeout: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
+            api_key_env: "COPILOT_API_KEY".into(),
+        })
+        .unwrap();
+        let copy = provider.with_model("special-model").unwrap();
+        assert_eq!((copy.name(), copy.model()), ("openai", "special-model"));
+        assert_eq!(provider.model(), "m");
+        let body = request_body(
+            copy.model(),
+            &ModelRequest {
+                system: String::new(),
+                messages: Vec::new(),
+                max_tokens: 5,
+                tools: Vec::new(),
+            },
+        );
+        assert_eq!(body["model"], "special-model");
     }
 }

@@ -126,11 +126,13 @@ impl Providers {
     }
 
     /// The provider for one run of `group`, whose agent prompt is `prompt`,
-    /// and why. `group_tier` is the group's own choice, if any.
+    /// and why. `group_tier` is the group's own choice, if any;
+    /// `group_model`, when set, replaces the chosen tier's model.
     pub fn for_batch(
         &self,
         group: &str,
         group_tier: Option<Tier>,
+        group_model: Option<&str>,
         prompt: &str,
     ) -> (Arc<dyn Provider>, RoutingDecision) {
         let (tier, reason) = route(&batch_text_of_prompt(prompt), group_tier, &self.router);
@@ -143,6 +145,21 @@ impl Providers {
             ),
             (Tier::Heavy, _) => (Arc::clone(&self.heavy), Tier::Heavy, reason),
         };
+        let provider = match group_model {
+            Some(model) if model != provider.model() => match provider.with_model(model) {
+                Some(switched) => switched,
+                None => {
+                    tracing::warn!(
+                        group,
+                        provider = provider.name(),
+                        model,
+                        "this provider cannot switch models; the group's model is ignored"
+                    );
+                    provider
+                }
+            },
+            _ => provider,
+        };
         let decision = RoutingDecision {
             group: group.to_string(),
             tier,
@@ -150,7 +167,7 @@ impl Providers {
             provider: provider.name().to_string(),
             model: provider.model().to_string(),
         };
-        tracing::debug!(group, %tier, reason = %decision.reason, "routed a batch");
+        tracing::debug!(group, %tier, reason = %decision.reason, model = %decision.model, "routed a batch");
         let Some(log) = &self.log else {
             return (provider, decision);
         };
@@ -248,6 +265,50 @@ mod tests {
         }
     }
 
+    /// Answers with the model it asks for; can switch models.
+    struct Switchable {
+        name: &'static str,
+        model: String,
+    }
+
+    impl Provider for Switchable {
+        fn name(&self) -> &str {
+            self.name
+        }
+
+        fn model(&self) -> &str {
+            &self.model
+        }
+
+        fn complete(
+            &self,
+            _request: ModelRequest,
+        ) -> BoxFuture<'_, Result<ModelReply, ModelFailure>> {
+            Box::pin(async move {
+                Ok(ModelReply {
+                    id: "r1".into(),
+                    content: vec![ContentBlock::Text {
+                        text: format!("answered by {}", self.model),
+                    }],
+                    stop_reason: Some("end_turn".into()),
+                    input_tokens: 1,
+                    output_tokens: 1,
+                })
+            })
+        }
+
+        fn with_model(&self, model: &str) -> Option<Arc<dyn Provider>> {
+            Some(switchable(self.name, model))
+        }
+    }
+
+    fn switchable(name: &'static str, model: &str) -> Arc<dyn Provider> {
+        Arc::new(Switchable {
+            name,
+            model: model.to_string(),
+        })
+    }
+
     fn scripted(name: &'static str, fail: bool) -> Arc<dyn Provider> {
         Arc::new(Scripted { name, fail })
     }
@@ -291,10 +352,10 @@ mod tests {
         );
         let batches = ["hi", "please debug my build script", "!heavy hi"];
         for batch in batches {
-            let (provider, _) = providers.for_batch("family", None, batch);
+            let (provider, _) = providers.for_batch("family", None, None, batch);
             provider.complete(request()).await.unwrap();
         }
-        let (_, short) = providers.for_batch("family", None, "yo");
+        let (_, short) = providers.for_batch("family", None, None, "yo");
         assert_eq!(short.tier, Tier::Light);
 
         let lines = lines(&log);
@@ -337,7 +398,7 @@ mod tests {
             router(false),
             Some(Arc::clone(&log)),
         );
-        let (provider, _) = providers.for_batch("g", None, "hi");
+        let (provider, _) = providers.for_batch("g", None, None, "hi");
         let failure = provider.complete(request()).await.unwrap_err();
         assert_eq!(failure.kind, ErrorKind::RateLimited);
         let lines = lines(&log);
@@ -349,7 +410,7 @@ mod tests {
     #[test]
     fn light_without_a_light_provider_falls_back_to_heavy_and_says_so() {
         let providers = Providers::new(scripted("h", false), None, router(true), None);
-        let (provider, decision) = providers.for_batch("g", Some(Tier::Light), "hi");
+        let (provider, decision) = providers.for_batch("g", Some(Tier::Light), None, "hi");
         assert_eq!(provider.name(), "h");
         assert_eq!(decision.tier, Tier::Heavy);
         assert_eq!(decision.reason, "group setting; no light tier configured");
@@ -363,12 +424,81 @@ mod tests {
             router(false),
             None,
         );
-        let (provider, decision) =
-            providers.for_batch("g", Some(Tier::Light), "a long batch about anything at all");
+        let (provider, decision) = providers.for_batch(
+            "g",
+            Some(Tier::Light),
+            None,
+            "a long batch about anything at all",
+        );
         assert_eq!(provider.name(), "l");
         assert_eq!(decision.tier, Tier::Light);
-        let (provider, decision) = providers.for_batch("g", None, "hi");
+        let (provider, decision) = providers.for_batch("g", None, None, "hi");
         assert_eq!(provider.name(), "h");
         assert_eq!(decision.reason, "router disabled");
+    }
+
+    #[tokio::test]
+    async fn the_group_model_replaces_the_chosen_tiers_model_and_is_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(RoutingLog::new(dir.path().join("routing-metrics.jsonl")));
+        let providers = Providers::new(
+            switchable("heavy-one", "big-model"),
+            Some(switchable("light-one", "small-model")),
+            router(false),
+            Some(Arc::clone(&log)),
+        );
+        let (provider, decision) =
+            providers.for_batch("g", Some(Tier::Light), Some("special-model"), "hi");
+        assert_eq!(
+            (
+                decision.tier,
+                decision.provider.as_str(),
+                decision.model.as_str()
+            ),
+            (Tier::Light, "light-one", "special-model")
+        );
+        assert_eq!(provider.model(), "special-model");
+        let reply = provider.complete(request()).await.unwrap();
+        assert_eq!(
+            reply.content,
+            vec![ContentBlock::Text {
+                text: "answered by special-model".into()
+            }]
+        );
+        let (provider, decision) = providers.for_batch("g", None, Some("special-model"), "hi");
+        assert_eq!(
+            (
+                decision.tier,
+                decision.provider.as_str(),
+                decision.model.as_str()
+            ),
+            (Tier::Heavy, "heavy-one", "special-model")
+        );
+        assert_eq!(provider.model(), "special-model");
+        // The tiers themselves keep their own models.
+        let (_, plain) = providers.for_batch("g", Some(Tier::Light), None, "hi");
+        assert_eq!(plain.model, "small-model");
+        assert_eq!(providers.heavy().model(), "big-model");
+
+        let lines = lines(&log);
+        let models: Vec<_> = lines.iter().map(|l| l["model"].as_str().unwrap()).collect();
+        assert_eq!(
+            models,
+            [
+                "special-model",
+                "special-model",
+                "special-model",
+                "small-model"
+            ]
+        );
+        assert_eq!(lines[1]["event"], "model_call");
+    }
+
+    #[test]
+    fn a_provider_that_cannot_switch_models_keeps_its_own() {
+        let providers = Providers::new(scripted("h", false), None, router(false), None);
+        let (provider, decision) = providers.for_batch("g", None, Some("special-model"), "hi");
+        assert_eq!(provider.model(), "model-of-scripted");
+        assert_eq!(decision.model, "model-of-scripted");
     }
 }
