@@ -18,6 +18,7 @@ pub mod dump;
 pub mod host;
 pub mod host_actions;
 pub mod image;
+pub mod lines;
 pub mod logging;
 pub mod messages;
 pub mod mount_security;

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use crate::actors::group_queue::GroupQueueMsg;
 use crate::docker::{create_body, RunSpec};
 use crate::host_actions::{Caller, HostActions};
+use crate::lines::{Frame, LineSplitter};
 use crate::messages::wire::{self, HostToRunner, RunResult, RunnerToHost, StartRun};
 use crate::provider::Provider;
 
@@ -509,14 +510,14 @@ async fn read_output(
     >,
     actor: ActorRef<ContainerMsg>,
 ) {
-    let mut lines = LineBuffer::default();
+    let mut lines = LineSplitter::new(wire::MAX_LINE_BYTES);
     while let Some(item) = output.next().await {
         match item {
             Ok(bollard::container::LogOutput::StdOut { message }) => {
                 for line in lines.push(&message) {
                     match line {
-                        Line::Complete(bytes) => forward_line(&bytes, &actor),
-                        Line::Oversized(len) => tracing::warn!(
+                        Frame::Line(bytes) => forward_line(&bytes, &actor),
+                        Frame::TooLong(len) => tracing::warn!(
                             bytes = len,
                             "runner line over the protocol limit; discarded"
                         ),
@@ -565,88 +566,4 @@ async fn wait_exit(docker: Docker, name: String, actor: ActorRef<ContainerMsg>) 
         None => None,
     };
     let _ = actor.cast(ContainerMsg::Exited(code));
-}
-
-/// One protocol line out of the byte stream.
-#[derive(Debug, PartialEq)]
-pub enum Line {
-    Complete(Vec<u8>),
-    /// A line longer than the protocol allows, dropped whole (its length).
-    Oversized(usize),
-}
-
-/// Reassembles lines from arbitrary chunks without unbounded buffering.
-#[derive(Default)]
-pub struct LineBuffer {
-    partial: Vec<u8>,
-    discarding: Option<usize>,
-}
-
-impl LineBuffer {
-    pub fn push(&mut self, mut chunk: &[u8]) -> Vec<Line> {
-        let mut out = Vec::new();
-        while let Some(newline) = chunk.iter().position(|&b| b == b'\n') {
-            let (head, tail) = chunk.split_at(newline);
-            chunk = &tail[1..];
-            match self.discarding.take() {
-                Some(len) => out.push(Line::Oversized(len + head.len())),
-                None if self.partial.len() + head.len() > wire::MAX_LINE_BYTES => {
-                    out.push(Line::Oversized(self.partial.len() + head.len()));
-                    self.partial.clear();
-                }
-                None => {
-                    self.partial.extend_from_slice(head);
-                    out.push(Line::Complete(std::mem::take(&mut self.partial)));
-                }
-            }
-        }
-        match self.discarding.as_mut() {
-            Some(len) => *len += chunk.len(),
-            None if self.partial.len() + chunk.len() > wire::MAX_LINE_BYTES => {
-                self.discarding = Some(self.partial.len() + chunk.len());
-                self.partial.clear();
-            }
-            None => self.partial.extend_from_slice(chunk),
-        }
-        out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_are_reassembled_across_chunks() {
-        let mut buffer = LineBuffer::default();
-        assert!(buffer.push(b"{\"a\"").is_empty());
-        assert_eq!(
-            buffer.push(b":1}\n{\"b\":2}\npart"),
-            vec![
-                Line::Complete(b"{\"a\":1}".to_vec()),
-                Line::Complete(b"{\"b\":2}".to_vec())
-            ]
-        );
-        assert_eq!(
-            buffer.push(b"ial\n"),
-            vec![Line::Complete(b"partial".to_vec())]
-        );
-        assert_eq!(buffer.push(b"\n"), vec![Line::Complete(Vec::new())]);
-    }
-
-    #[test]
-    fn an_oversized_line_is_dropped_whole_and_the_next_one_survives() {
-        let mut buffer = LineBuffer::default();
-        let big = vec![b'x'; wire::MAX_LINE_BYTES + 10];
-        assert!(buffer.push(&big).is_empty());
-        assert!(buffer.push(b"more").is_empty());
-        let out = buffer.push(b"\nok\n");
-        assert_eq!(
-            out,
-            vec![
-                Line::Oversized(wire::MAX_LINE_BYTES + 14),
-                Line::Complete(b"ok".to_vec())
-            ]
-        );
-    }
 }
