@@ -4,17 +4,9 @@
 mod support;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
-
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_host_per_home_dump_on_request_and_clean_stop() {
@@ -23,13 +15,7 @@ async fn one_host_per_home_dump_on_request_and_clean_stop() {
     };
     let home = Home::new();
     let env = host_env(home.path(), "http://127.0.0.1:9");
-    let mut daemon = talon(&env)
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = spawn_daemon(&env);
     let pid_file = home.paths().pid_file();
     wait_for("the host to take its lock", Duration::from_secs(30), || {
         talon::singleton::holder(&pid_file) == Some(daemon.id())

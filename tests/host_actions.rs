@@ -464,9 +464,10 @@ async fn web_fetch_gives_up_at_the_timeout() {
     use axum::routing::get;
     let app = axum::Router::new().route(
         "/slow",
+        // A server that never answers: the fetch must give up on its own.
         get(|| async {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            "late"
+            std::future::pending::<()>().await;
+            "never"
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

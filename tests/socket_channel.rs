@@ -8,7 +8,7 @@ mod socket_client;
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,13 +84,7 @@ async fn socket_clients_get_replies_and_what_they_missed() {
     // A socket left by a host that died: the new host replaces it.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
 
-    let mut daemon = talon(&env)
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = spawn_daemon(&env);
     let stderr = collect_stderr(&mut daemon);
     wait_until("the startup line", LIMIT, || {
         stderr
@@ -219,13 +213,7 @@ async fn the_socket_channel_is_off_unless_enabled() {
     };
     let home = Home::new();
     let env = host_env(home.path(), "http://127.0.0.1:9");
-    let mut daemon = talon(&env)
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = spawn_daemon(&env);
     let stderr = collect_stderr(&mut daemon);
     wait_until("the startup line", LIMIT, || {
         stderr

@@ -304,3 +304,27 @@ pub fn inspect_running_container(home: &Path, limit: Duration) -> serde_json::Va
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// `talon run` with no stdin (so no terminal channel), stdout discarded and
+/// stderr piped for the test to read.
+pub fn spawn_daemon(env: &[(String, String)]) -> std::process::Child {
+    talon(env)
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn talon run")
+}
+
+/// Polls `check` (bounded by `limit`) until it holds.
+pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
