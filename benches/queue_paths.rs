@@ -9,10 +9,13 @@
 //!
 //! Run: `cargo bench --bench queue_paths` (TALON_BENCH_WARM=N, TALON_BENCH_INGEST=N).
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use common::{env_count, percentile};
 
 use ractor::Actor;
 use support::fake_anthropic::{FakeAnthropic, Reply};
@@ -21,18 +24,6 @@ use support::{docker_with_image, Home};
 use talon::actors::router::{Router, RouterArgs, RouterMsg};
 use talon::actors::terminal::{TerminalOutput, TERMINAL_CHAT};
 use talon::store::Store;
-
-fn env_count(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
-}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -301,6 +301,7 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
             path: crate::actors::socket::socket_path(&ctx.paths),
         });
     }
+    (channels.slack, channels.discord) = host::platform_channels(&ctx);
     let started = channels.names();
     let user = ctx.config.terminal.user_name.clone();
     let assistant = ctx.config.assistant.name.clone();
@@ -318,6 +319,7 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
         let (done_tx, _done_rx) = oneshot::channel();
         spawn_input(line_rx, TERMINAL_CHAT.into(), user, gate, false, done_tx);
     }
+    tracing::info!(channels = ?started, "channels started");
     if started.is_empty() {
         eprintln!("talon: running with no channels (stdin is not a terminal, the socket channel is off and no platform tokens are configured)");
     } else {

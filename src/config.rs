@@ -182,12 +182,19 @@ pub struct TerminalConfig {
     pub user_name: String,
 }
 
-/// Channels that need no platform token, switched on by configuration.
+/// Channel settings. Slack and Discord start when their tokens are set
+/// (see [`Secrets`]); the socket channel when switched on here.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ChannelsConfig {
     /// The local socket channel (`<home>/data/talon.sock`) for scripts and
     /// bridges; off unless asked for.
     pub socket: bool,
+    /// Slack's Web API root (default `https://slack.com/api/`), for a proxy
+    /// or a test double.
+    pub slack_api_url: Option<String>,
+    /// Discord's origin (default `https://discord.com`; the REST API is
+    /// under `/api/v10`), for a proxy or a test double.
+    pub discord_api_url: Option<String>,
 }
 
 /// The host's web fetch on the agent's behalf (SPEC §6).
@@ -852,8 +859,11 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
     let terminal = TerminalConfig {
         user_name: s.get("terminal", "user_name", default_user, non_empty_text)?,
     };
+    let c = defaults.channels;
     let channels = ChannelsConfig {
-        socket: s.get("channels", "socket", defaults.channels.socket, boolean)?,
+        socket: s.get("channels", "socket", c.socket, boolean)?,
+        slack_api_url: s.get("channels", "slack_api_url", c.slack_api_url, base_url)?,
+        discord_api_url: s.get("channels", "discord_api_url", c.discord_api_url, base_url)?,
     };
     let w = defaults.web;
     let web = WebConfig {
@@ -1184,7 +1194,7 @@ mod tests {
             terminal: TerminalConfig {
                 user_name: user.into(),
             },
-            channels: ChannelsConfig { socket: false },
+            channels: ChannelsConfig::default(),
             web: WebConfig {
                 allow_loopback: false,
                 timeout: Duration::from_secs(20),

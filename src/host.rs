@@ -4,7 +4,7 @@
 //! talon (root supervisor, one-for-one)
 //! ├── router
 //! ├── groups (supervisor)  ── queue:<folder> ── container:<name>
-//! └── channels (supervisor) ── channel:term, channel:sock
+//! └── channels (supervisor) ── channel:term, channel:sock, channel:slack, channel:dc
 //! ```
 //!
 //! [`HostContext`] is what every actor shares: the store, the configuration,
@@ -20,6 +20,7 @@ use ractor::{ActorProcessingErr, ActorRef};
 use tokio::sync::Semaphore;
 
 use crate::actors::group_queue::{queue_name, GroupQueue, GroupQueueArgs};
+use crate::actors::platform::{PlatformArgs, PlatformChannel};
 use crate::actors::router::{Router, RouterArgs, RouterMsg, ROUTER};
 use crate::actors::socket::{SocketArgs, SocketChannel};
 use crate::actors::supervisor::{
@@ -27,6 +28,11 @@ use crate::actors::supervisor::{
     SupervisorSpec,
 };
 use crate::actors::terminal::{TerminalArgs, TerminalChannel};
+use crate::channels::crash_backoff::{CrashLedger, STABLE_AFTER};
+use crate::channels::delivery::DeliveryPolicy;
+use crate::channels::discord::{Discord, DiscordSettings};
+use crate::channels::slack::{Slack, SlackSettings};
+use crate::channels::Platform;
 use crate::config::Config;
 use crate::container_config::GroupContainerConfig;
 use crate::docker::{self, Mount, RunSpec};
@@ -479,11 +485,22 @@ fn socket_spec(args: SocketArgs) -> ChildSpec {
     })
 }
 
+/// A platform adapter's child spec. Transient: a crash restarts it (after
+/// its persisted crash-loop delay), a refused token stops it for good.
+fn platform_spec<P: Platform>(args: PlatformArgs<P>) -> ChildSpec {
+    let name = channel_name(args.platform.prefix());
+    ChildSpec::actor(&name, Restart::Transient, move || {
+        (PlatformChannel::<P>::default(), args.clone())
+    })
+}
+
 /// The channel actors a host runs; each is optional.
 #[derive(Clone, Default)]
 pub struct Channels {
     pub terminal: Option<TerminalArgs>,
     pub socket: Option<SocketArgs>,
+    pub slack: Option<PlatformArgs<Slack>>,
+    pub discord: Option<PlatformArgs<Discord>>,
 }
 
 impl Channels {
@@ -491,7 +508,7 @@ impl Channels {
     pub fn terminal(args: TerminalArgs) -> Channels {
         Channels {
             terminal: Some(args),
-            socket: None,
+            ..Channels::default()
         }
     }
 
@@ -504,14 +521,80 @@ impl Channels {
         if self.socket.is_some() {
             names.push("socket");
         }
+        if self.slack.is_some() {
+            names.push("slack");
+        }
+        if self.discord.is_some() {
+            names.push("discord");
+        }
         names
     }
 
     fn specs(self) -> Vec<ChildSpec> {
         let mut specs: Vec<ChildSpec> = self.terminal.into_iter().map(terminal_spec).collect();
         specs.extend(self.socket.map(socket_spec));
+        specs.extend(self.slack.map(platform_spec));
+        specs.extend(self.discord.map(platform_spec));
         specs
     }
+}
+
+/// A platform adapter with the host's store, crash ledger and the default
+/// delivery and stability settings.
+pub fn platform_args<P: Platform>(ctx: &HostContext, platform: P) -> PlatformArgs<P> {
+    PlatformArgs {
+        platform: Arc::new(platform),
+        store: ctx.store.clone(),
+        ledger: CrashLedger::in_data_dir(&ctx.paths.data()),
+        delivery: DeliveryPolicy::default(),
+        stable_after: STABLE_AFTER,
+    }
+}
+
+/// The platform adapters whose tokens are configured (environment or
+/// `.env`), ready to start. A platform that cannot even be set up (e.g. no
+/// TLS roots) is reported and left out; the others still start.
+pub fn platform_channels(
+    ctx: &HostContext,
+) -> (Option<PlatformArgs<Slack>>, Option<PlatformArgs<Discord>>) {
+    let secrets = &ctx.config.secrets;
+    let channels = &ctx.config.channels;
+    let assistant_name = ctx.config.assistant.name.clone();
+    let slack = match (&secrets.slack_bot_token, &secrets.slack_app_token) {
+        (Some(bot), Some(app)) => match Slack::new(SlackSettings {
+            bot_token: bot.clone(),
+            app_token: app.clone(),
+            api_url: channels.slack_api_url.clone(),
+            assistant_name: assistant_name.clone(),
+        }) {
+            Ok(slack) => Some(platform_args(ctx, slack)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the slack channel");
+                None
+            }
+        },
+        (Some(_), None) | (None, Some(_)) => {
+            tracing::warn!(
+                "slack needs both SLACK_BOT_TOKEN and SLACK_APP_TOKEN (Socket Mode); not started"
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let discord = secrets.discord_bot_token.as_ref().and_then(|token| {
+        match Discord::new(DiscordSettings {
+            token: token.clone(),
+            origin: channels.discord_api_url.clone(),
+            assistant_name: assistant_name.clone(),
+        }) {
+            Ok(discord) => Some(platform_args(ctx, discord)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set up the discord channel");
+                None
+            }
+        }
+    });
+    (slack, discord)
 }
 
 /// Restart policy shared by the host's subtrees: a few quick restarts are
@@ -572,7 +655,12 @@ pub async fn start(ctx: Arc<HostContext>, channels: Channels) -> Result<Host, Ho
             }),
             ChildSpec::supervisor("channels", Restart::Permanent, move || SupervisorSpec {
                 strategy: Strategy::OneForOne,
-                intensity: default_intensity(),
+                // Platform adapters pace their own restarts (the persisted
+                // crash-loop delays); this only catches a runaway loop.
+                intensity: Intensity {
+                    max_restarts: 20,
+                    within: Duration::from_secs(600),
+                },
                 backoff: default_backoff(),
                 children: channel_children.clone(),
             }),
@@ -636,6 +724,7 @@ impl Host {
     }
 
     /// Stops the tree, then makes sure no container of ours keeps running.
+    /// A clean shutdown also clears the channels' crash counts.
     pub async fn shutdown(self) {
         self.root.stop(Some("shutdown".into()));
         if tokio::time::timeout(Duration::from_secs(15), self.handle)
@@ -645,6 +734,7 @@ impl Host {
             tracing::warn!("the actor tree did not stop within 15 s");
         }
         remove_orphans(&self.ctx.docker, &self.ctx.instance).await;
+        CrashLedger::in_data_dir(&self.ctx.paths.data()).reset_all();
         tracing::info!("talon stopped");
     }
 }

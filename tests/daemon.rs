@@ -3,7 +3,14 @@
 
 mod support;
 
+#[path = "support/fake_discord.rs"]
+mod fake_discord;
+#[path = "support/fake_slack.rs"]
+mod fake_slack;
+
+use std::io::BufRead;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
@@ -49,6 +56,80 @@ async fn one_host_per_home_dump_on_request_and_clean_stop() {
     let not_running = talon(&env).arg("dump").output().unwrap();
     assert!(!not_running.status.success());
     assert!(stderr_of(&not_running).contains("not running"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn talon_run_starts_the_channels_whose_tokens_are_in_dotenv_and_says_which() {
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
+    let slack = fake_slack::FakeSlack::start(fake_slack::FakeSlackConfig::default()).await;
+    let discord =
+        fake_discord::FakeDiscord::start(fake_discord::FakeDiscordConfig::default()).await;
+    let home = Home::new();
+    std::fs::write(
+        home.path().join(".env"),
+        "SLACK_BOT_TOKEN=xoxb-test\nSLACK_APP_TOKEN=xapp-test\nDISCORD_BOT_TOKEN=\"fake-discord-token\"\n",
+    )
+    .unwrap();
+    // A crash loop left by an earlier host: counted, then cleared by a
+    // clean stop.
+    std::fs::create_dir_all(home.path().join("data")).unwrap();
+    let ledger = home.path().join("data/channel-restarts.json");
+    std::fs::write(&ledger, r#"{"slack": {"unclean_runs": 1}}"#).unwrap();
+    let mut env = host_env(home.path(), "http://127.0.0.1:9");
+    env.push(("TALON_CHANNELS_SLACK_API_URL".into(), slack.api_url()));
+    env.push(("TALON_CHANNELS_DISCORD_API_URL".into(), discord.proxy_url()));
+    let mut daemon = spawn_daemon(&env);
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let sink = stderr.clone();
+    let pipe = daemon.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+
+    assert!(
+        slack.wait_connections(1, Duration::from_secs(30)).await,
+        "slack connected"
+    );
+    assert!(
+        discord.wait_readies(1, Duration::from_secs(30)).await,
+        "discord identified"
+    );
+    let said = stderr.lock().unwrap().clone();
+    assert!(
+        said.contains("talon: running; channels: slack, discord"),
+        "{said}"
+    );
+    let counts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ledger).unwrap()).unwrap();
+    assert_eq!(counts["slack"]["unclean_runs"], 2);
+    assert_eq!(counts["discord"]["unclean_runs"], 1);
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+    let counts: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&ledger).unwrap()).unwrap();
+    assert_eq!(counts["slack"]["unclean_runs"], 0, "{counts}");
+    assert_eq!(counts["discord"]["unclean_runs"], 0, "{counts}");
+    // The tokens appear in no output and no log.
+    let log: String = std::fs::read_dir(home.path().join("logs"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_to_string(entry.ok()?.path()).ok())
+        .collect();
+    assert!(log.contains("slack: tokens accepted"), "{log}");
+    for secret in ["xoxb-test", "xapp-test", "fake-discord-token"] {
+        assert!(
+            !stderr.lock().unwrap().contains(secret),
+            "{secret} in stderr"
+        );
+        assert!(!log.contains(secret), "{secret} in the log");
+    }
 }
 
 #[test]

@@ -229,6 +229,12 @@ impl GroupQueue {
             thread_id: last.thread_id.clone(),
             output_sent: false,
         });
+        tell_channel(
+            &state.group.chat_id,
+            ChannelMsg::Working {
+                chat_id: state.group.chat_id.clone(),
+            },
+        );
         Ok(Some(Self::prompt_for(state, &batch)))
     }
 
@@ -582,12 +588,20 @@ fn ask_idle_containers_to_close(own_folder: &str) {
 }
 
 fn notify_settled(chat_id: &str, through_seq: i64) {
-    let channel = crate::messages::channel_of(chat_id);
-    if let Some(cell) = ractor::registry::where_is(channel_name(channel)) {
-        let _ = cell.send_message(ChannelMsg::Settled {
+    tell_channel(
+        chat_id,
+        ChannelMsg::Settled {
             chat_id: chat_id.to_string(),
             through_seq,
-        });
+        },
+    );
+}
+
+/// Sends `message` to the channel actor serving `chat_id`, if it runs.
+fn tell_channel(chat_id: &str, message: ChannelMsg) {
+    let channel = crate::messages::channel_of(chat_id);
+    if let Some(cell) = ractor::registry::where_is(channel_name(channel)) {
+        let _ = cell.send_message(message);
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod container;
 pub mod group_queue;
+pub mod platform;
 pub mod router;
 pub mod socket;
 pub mod supervisor;

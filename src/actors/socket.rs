@@ -19,7 +19,6 @@
 //! the actor on a side queue it drains before handling any message, and the
 //! accept loop follows each arrival with a `Deliver` of the unsent rows.
 
-use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,13 +32,12 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use crate::actors::router::{RouterMsg, ROUTER};
+use crate::channels::{submit_to_router, RecentKeys};
 use crate::lines::{Frame, LineSplitter};
 use crate::messages::channel::ChannelMsg;
 use crate::messages::socket::{
     is_socket_chat, parse_client_line, to_inbound, TalonLine, MAX_CLIENT_LINE_BYTES,
 };
-use crate::messages::InboundMessage;
 use crate::paths::Paths;
 use crate::store::Store;
 
@@ -88,30 +86,6 @@ impl Drop for TaskGuard {
     }
 }
 
-/// Outbox ids already written in this process, oldest forgotten first.
-#[derive(Default)]
-struct RecentIds {
-    set: HashSet<i64>,
-    order: VecDeque<i64>,
-}
-
-impl RecentIds {
-    fn contains(&self, id: i64) -> bool {
-        self.set.contains(&id)
-    }
-
-    fn insert(&mut self, id: i64) {
-        if self.set.insert(id) {
-            self.order.push_back(id);
-            if self.order.len() > RECENT_IDS {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
-    }
-}
-
 pub struct SocketChannel;
 
 pub struct SocketState {
@@ -122,7 +96,8 @@ pub struct SocketState {
     clients: Vec<Client>,
     arrivals: mpsc::UnboundedReceiver<Client>,
     accepted: Arc<AtomicU64>,
-    recent: RecentIds,
+    /// Outbox ids already written in this process.
+    recent: RecentKeys<i64>,
     delivered: u64,
     /// Deliveries that found no client to take them (left in the outbox).
     held: u64,
@@ -215,7 +190,7 @@ impl Actor for SocketChannel {
             clients: Vec::new(),
             arrivals,
             accepted,
-            recent: RecentIds::default(),
+            recent: RecentKeys::new(RECENT_IDS),
             delivered: 0,
             held: 0,
             _listener: TaskGuard(task),
@@ -231,13 +206,13 @@ impl Actor for SocketChannel {
         state.refresh_clients();
         match message {
             ChannelMsg::Deliver(row) => {
-                if state.recent.contains(row.id) {
+                if state.recent.contains(&row.id) {
                     return Ok(()); // written already (queue and backlog both sent it)
                 }
                 let line = TalonLine::reply(&row).to_line();
                 if state.broadcast(line, true).await > 0 {
                     state.store.mark_sent(row.id)?;
-                    state.recent.insert(row.id);
+                    state.recent.first_time(row.id);
                     state.delivered += 1;
                 } else {
                     state.held += 1;
@@ -258,6 +233,8 @@ impl Actor for SocketChannel {
                     state.broadcast(line, false).await;
                 }
             }
+            // No typing indicator, no platform connection.
+            ChannelMsg::Working { .. } | ChannelMsg::Connection(_) => {}
             ChannelMsg::Inspect(reply) => {
                 let _ = reply.send(json!({
                     "channel": "socket",
@@ -433,7 +410,7 @@ async fn take_frame(frame: Frame, replies: &mpsc::Sender<Outgoing>) {
             }
             match parse_client_line(line) {
                 Ok(message) => {
-                    submit(to_inbound(message, crate::store::now_millis())).await;
+                    submit_to_router(to_inbound(message, crate::store::now_millis())).await;
                     return;
                 }
                 Err(refusal) => refusal,
@@ -448,42 +425,9 @@ async fn take_frame(frame: Frame, replies: &mpsc::Sender<Outgoing>) {
     let _ = replies.try_send(error);
 }
 
-/// Casts to the router, waiting out a router restart rather than dropping.
-/// (A message that is dropped anyway is not lost for good: a client resends
-/// what was never answered, and the store ignores the repeat.)
-async fn submit(message: InboundMessage) {
-    let mut message = Some(message);
-    for _ in 0..600 {
-        if let Some(router) = ractor::registry::where_is(ROUTER) {
-            if let Some(m) = message.take() {
-                match router.send_message(RouterMsg::Inbound(m)) {
-                    Ok(()) => return,
-                    Err(ractor::MessagingErr::SendErr(RouterMsg::Inbound(m))) => message = Some(m),
-                    Err(_) => return,
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tracing::error!("the router did not come back within 30 s; a socket message was not submitted");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn recent_ids_forget_the_oldest() {
-        let mut recent = RecentIds::default();
-        for id in 0..(RECENT_IDS as i64 + 10) {
-            recent.insert(id);
-        }
-        assert!(!recent.contains(0));
-        assert!(!recent.contains(9));
-        assert!(recent.contains(10));
-        assert!(recent.contains(RECENT_IDS as i64 + 9));
-        assert_eq!(recent.set.len(), RECENT_IDS);
-    }
 
     #[tokio::test]
     async fn the_socket_is_private_and_a_stale_one_is_replaced() {

@@ -15,7 +15,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::actors::router::{RouterMsg, ROUTER};
+use crate::channels::submit_to_router;
 use crate::messages::channel::ChannelMsg;
 use crate::messages::InboundMessage;
 use crate::store::Store;
@@ -85,6 +85,7 @@ impl Actor for TerminalChannel {
                     state.args.gate.add_permits(1);
                 }
             }
+            ChannelMsg::Working { .. } | ChannelMsg::Connection(_) => {}
             ChannelMsg::Inspect(reply) => {
                 let _ = reply.send(json!({
                     "channel": "terminal",
@@ -145,7 +146,7 @@ pub fn spawn_input(
                 reply_to: None,
                 thread_id: None,
             };
-            submit(message).await;
+            submit_to_router(message).await;
         }
         if lock_step && count > 0 {
             // The last message is answered when its permit comes back.
@@ -155,24 +156,4 @@ pub fn spawn_input(
         }
         let _ = finished.send(());
     })
-}
-
-/// Casts to the router, waiting out a router restart rather than dropping.
-async fn submit(message: InboundMessage) {
-    let mut message = Some(message);
-    for _ in 0..600 {
-        if let Some(router) = ractor::registry::where_is(ROUTER) {
-            if let Some(m) = message.take() {
-                match router.send_message(RouterMsg::Inbound(m)) {
-                    Ok(()) => return,
-                    Err(ractor::MessagingErr::SendErr(RouterMsg::Inbound(m))) => message = Some(m),
-                    Err(_) => return,
-                }
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    tracing::error!(
-        "the router did not come back within 30 s; a terminal message was not submitted"
-    );
 }

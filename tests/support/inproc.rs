@@ -79,9 +79,11 @@ pub async fn start_host_with(
         output: tx,
         gate: Arc::new(Semaphore::new(1)),
     };
-    let host = host::start(Arc::new(ctx), host::Channels::terminal(terminal))
-        .await
-        .unwrap();
+    // Slack and Discord start as `talon run` starts them: when their
+    // tokens are in the configuration.
+    let mut channels = host::Channels::terminal(terminal);
+    (channels.slack, channels.discord) = host::platform_channels(&ctx);
+    let host = host::start(Arc::new(ctx), channels).await.unwrap();
     TestHost {
         host: Some(host),
         replies,
