@@ -457,6 +457,22 @@ mod tests {
     }
 
     #[test]
+    fn refused_tokens_and_intents_are_fatal_and_the_rest_is_not() {
+        use serenity::gateway::GatewayError;
+        let auth = serenity::Error::Gateway(GatewayError::InvalidAuthentication);
+        assert!(is_refusal(&auth));
+        let intents = serenity::Error::Gateway(GatewayError::DisallowedGatewayIntents);
+        assert!(is_refusal(&intents));
+        assert!(refusal_reason(&intents).contains("Message Content intent"));
+        assert!(!is_refusal(&serenity::Error::Gateway(
+            GatewayError::ReconnectFailure
+        )));
+        assert!(!is_refusal(&serenity::Error::Gateway(
+            GatewayError::Closed(None)
+        )));
+    }
+
+    #[test]
     fn the_intents_are_the_four_talon_needs() {
         let bits = intents().bits();
         assert_eq!(bits, (1 << 0) | (1 << 9) | (1 << 15) | (1 << 12));
