@@ -3,6 +3,7 @@
 //! ```text
 //! talon (root supervisor, one-for-one)
 //! ├── router
+//! ├── scheduler
 //! ├── groups (supervisor)  ── queue:<folder> ── container:<name>
 //! └── channels (supervisor) ── channel:term, channel:sock, channel:slack, channel:dc
 //! ```
@@ -22,6 +23,7 @@ use tokio::sync::Semaphore;
 use crate::actors::group_queue::{queue_name, GroupQueue, GroupQueueArgs};
 use crate::actors::platform::{PlatformArgs, PlatformChannel};
 use crate::actors::router::{Router, RouterArgs, RouterMsg, ROUTER};
+use crate::actors::scheduler::{Scheduler, SchedulerArgs, SCHEDULER};
 use crate::actors::socket::{SocketArgs, SocketChannel};
 use crate::actors::supervisor::{
     spawn_supervisor, Backoff, ChildSpec, Intensity, Restart, Strategy, SupervisorMsg,
@@ -472,6 +474,20 @@ fn router_spec(ctx: &Arc<HostContext>) -> ChildSpec {
     })
 }
 
+fn scheduler_spec(ctx: &Arc<HostContext>) -> ChildSpec {
+    let c = &ctx.config.container;
+    let args = SchedulerArgs {
+        store: ctx.store.clone(),
+        timezone: ctx.timezone,
+        // A run may wait for a slot, then take a whole container lifetime.
+        run_timeout: 2 * docker::hard_timeout(None, c.timeout, c.idle_timeout, c.close_grace),
+        max_sleep: Duration::from_secs(60),
+    };
+    ChildSpec::actor(SCHEDULER, Restart::Permanent, move || {
+        (Scheduler, args.clone())
+    })
+}
+
 fn terminal_spec(args: TerminalArgs) -> ChildSpec {
     ChildSpec::actor(&channel_name("term"), Restart::Permanent, move || {
         (TerminalChannel, args.clone())
@@ -645,6 +661,7 @@ pub async fn start(ctx: Arc<HostContext>, channels: Channels) -> Result<Host, Ho
         backoff: default_backoff(),
         children: vec![
             router_spec(&ctx),
+            scheduler_spec(&ctx),
             // Read from the store at every (re)start, so groups registered
             // at runtime survive a restart of this subtree.
             ChildSpec::supervisor("groups", Restart::Permanent, move || SupervisorSpec {

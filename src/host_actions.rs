@@ -217,6 +217,11 @@ impl HostActions {
                 self.web_fetch(caller, &url, max_bytes).await
             }
         };
+        if outcome.is_ok() && name.ends_with("_task") {
+            // A new or changed schedule may be due sooner than the
+            // scheduler's next look.
+            crate::actors::scheduler::wake_scheduler();
+        }
         match outcome {
             Ok(content) => {
                 tracing::info!(group = %caller.group_folder, action = name, "host action done");

@@ -321,6 +321,18 @@ pub struct TaskRow {
     pub created_at: UnixMillis,
 }
 
+/// One run of a scheduled task, as logged.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TaskRunLog {
+    pub task_id: String,
+    pub run_at: UnixMillis,
+    pub duration_ms: i64,
+    /// `success` or `error`.
+    pub status: String,
+    pub result: Option<String>,
+    pub error: Option<String>,
+}
+
 /// Cheap to clone; all clones share one connection.
 #[derive(Clone)]
 pub struct Store {
@@ -849,6 +861,83 @@ impl Store {
         Ok(found)
     }
 
+    /// Active tasks due at or before `now`, earliest first.
+    pub fn due_tasks(&self, now: UnixMillis) -> Result<Vec<TaskRow>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM scheduled_tasks
+             WHERE status = 'active' AND next_run IS NOT NULL AND next_run <= ?1
+             ORDER BY next_run, id"
+        ))?;
+        let rows = stmt.query_map([now], task_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// When the earliest active task is due, if any is.
+    pub fn next_task_due(&self) -> Result<Option<UnixMillis>> {
+        let conn = self.conn()?;
+        Ok(conn.query_row(
+            "SELECT min(next_run) FROM scheduled_tasks WHERE status = 'active'",
+            [],
+            |row| row.get(0),
+        )?)
+    }
+
+    /// Claims the run of a task due at `due`: moves it on to `next` (or
+    /// completes it) in one statement that only matches while it is still
+    /// due at `due`, so one due time fires at most once, across restarts
+    /// too. `false`: it was claimed, changed, paused or deleted meanwhile.
+    pub fn claim_task_run(
+        &self,
+        id: &str,
+        due: UnixMillis,
+        next: Option<UnixMillis>,
+        now: UnixMillis,
+    ) -> Result<bool> {
+        let conn = self.conn()?;
+        let status = if next.is_some() {
+            "active"
+        } else {
+            "completed"
+        };
+        Ok(conn.execute(
+            "UPDATE scheduled_tasks SET next_run = ?3, last_run = ?4, status = ?5
+             WHERE id = ?1 AND next_run = ?2 AND status = 'active'",
+            params![id, due, next, now, status],
+        )? == 1)
+    }
+
+    /// Records how one run of a task went.
+    pub fn log_task_run(&self, run: &TaskRunLog) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO task_run_logs (task_id, run_at, duration_ms, status, result, error)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM scheduled_tasks WHERE id = ?1)",
+            params![run.task_id, run.run_at, run.duration_ms, run.status, run.result, run.error],
+        )?;
+        Ok(())
+    }
+
+    /// A task's runs, oldest first.
+    pub fn task_runs(&self, task_id: &str) -> Result<Vec<TaskRunLog>> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT task_id, run_at, duration_ms, status, result, error
+             FROM task_run_logs WHERE task_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([task_id], |r| {
+            Ok(TaskRunLog {
+                task_id: r.get(0)?,
+                run_at: r.get(1)?,
+                duration_ms: r.get(2)?,
+                status: r.get(3)?,
+                result: r.get(4)?,
+                error: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Deletes a task and its run log. `false`: no such task.
     pub fn delete_task(&self, id: &str) -> Result<bool> {
         let conn = self.conn()?;
@@ -1265,6 +1354,58 @@ mod tests {
         assert!(store.delete_task("t1").unwrap());
         assert_eq!(store.task("t1").unwrap(), None);
         assert_eq!(store.tasks(None).unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn a_due_time_is_claimed_once_and_runs_are_logged() {
+        let store = Store::open_in_memory().unwrap();
+        store.insert_task(&task("t1", "g", 1)).unwrap();
+        let mut later = task("t2", "g", 2);
+        later.next_run = Some(5_000);
+        store.insert_task(&later).unwrap();
+        let due: Vec<String> = store
+            .due_tasks(2_000)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(due, vec!["t1"]);
+        assert_eq!(store.next_task_due().unwrap(), Some(1_000));
+        assert!(store
+            .claim_task_run("t1", 1_000, Some(61_000), 2_000)
+            .unwrap());
+        // A second claim of the same due time (a restart, a race) loses.
+        assert!(!store
+            .claim_task_run("t1", 1_000, Some(61_000), 2_000)
+            .unwrap());
+        let claimed = store.task("t1").unwrap().unwrap();
+        assert_eq!(
+            (claimed.next_run, claimed.last_run),
+            (Some(61_000), Some(2_000))
+        );
+        assert_eq!(store.next_task_due().unwrap(), Some(5_000));
+        // A finished once-task completes; a paused one cannot be claimed.
+        assert!(store.claim_task_run("t2", 5_000, None, 5_000).unwrap());
+        assert_eq!(
+            store.task("t2").unwrap().unwrap().status,
+            TaskStatus::Completed
+        );
+        store
+            .set_task_status("t1", TaskStatus::Paused, None)
+            .unwrap();
+        assert!(!store
+            .claim_task_run("t1", 61_000, Some(121_000), 61_000)
+            .unwrap());
+        let run = TaskRunLog {
+            task_id: "t1".into(),
+            run_at: 2_000,
+            duration_ms: 40,
+            status: "success".into(),
+            result: Some("hi".into()),
+            error: None,
+        };
+        store.log_task_run(&run).unwrap();
+        assert_eq!(store.task_runs("t1").unwrap(), vec![run]);
     }
 
     #[test]

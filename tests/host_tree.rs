@@ -150,7 +150,7 @@ async fn a_killed_router_is_restarted_and_the_tree_is_dumped() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["channels", "groups", "router"]);
+    assert_eq!(names, vec!["channels", "groups", "router", "scheduler"]);
     let root_children = tree["state"]["children"].as_array().unwrap();
     let router_report = root_children
         .iter()

@@ -5,6 +5,7 @@ pub mod container;
 pub mod group_queue;
 pub mod platform;
 pub mod router;
+pub mod scheduler;
 pub mod socket;
 pub mod supervisor;
 pub mod terminal;

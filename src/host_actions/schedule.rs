@@ -241,6 +241,36 @@ pub fn first_run(
     }
 }
 
+/// When a task that was due at `due_ms` and fires now (`now_ms`) is due
+/// next; `Ok(None)` when it is done (a `once` task). Runs missed while the
+/// host was down are not made up one by one: a late task fires once, and
+/// its next time is the schedule's first one after now.
+pub fn next_run_after(
+    kind: ScheduleKind,
+    value: &str,
+    tz: Tz,
+    due_ms: UnixMillis,
+    now_ms: UnixMillis,
+) -> Result<Option<UnixMillis>, String> {
+    let after = due_ms.max(now_ms);
+    match kind {
+        ScheduleKind::Once => Ok(None),
+        ScheduleKind::Interval => {
+            let step = parse_interval(value)?;
+            let missed = (after - due_ms) / step;
+            Ok(Some(due_ms + (missed + 1) * step))
+        }
+        ScheduleKind::Cron => {
+            let cron = Cron::parse(value)?;
+            let after = tz
+                .timestamp_millis_opt(after)
+                .single()
+                .ok_or_else(|| "the host clock is out of range".to_string())?;
+            Ok(cron.next_after(after, tz).map(|t| t.timestamp_millis()))
+        }
+    }
+}
+
 /// Parses a schedule type name, with the valid names in the error.
 pub fn parse_kind(text: &str) -> Result<ScheduleKind, String> {
     ScheduleKind::parse(text.trim()).ok_or_else(|| {
@@ -370,5 +400,55 @@ mod tests {
     fn schedule_kinds_are_named() {
         assert_eq!(parse_kind("cron").unwrap(), ScheduleKind::Cron);
         assert!(parse_kind("weekly").unwrap_err().contains("\"interval\""));
+    }
+
+    #[test]
+    fn the_next_run_follows_the_schedule_without_making_up_missed_runs() {
+        let tz: Tz = "UTC".parse().unwrap();
+        let minute = 60_000;
+        // On time: the next interval step.
+        assert_eq!(
+            next_run_after(
+                ScheduleKind::Interval,
+                "60000",
+                tz,
+                10 * minute,
+                10 * minute
+            ),
+            Ok(Some(11 * minute))
+        );
+        // Five and a half steps late: one run now, the next step after now.
+        assert_eq!(
+            next_run_after(
+                ScheduleKind::Interval,
+                "60000",
+                tz,
+                10 * minute,
+                15 * minute + 30_000
+            ),
+            Ok(Some(16 * minute))
+        );
+        // A cron task late by hours fires once; next is the next match.
+        let nine = chrono::Utc
+            .with_ymd_and_hms(2026, 5, 1, 9, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        let noon = chrono::Utc
+            .with_ymd_and_hms(2026, 5, 1, 12, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        let tomorrow = chrono::Utc
+            .with_ymd_and_hms(2026, 5, 2, 9, 0, 0)
+            .unwrap()
+            .timestamp_millis();
+        assert_eq!(
+            next_run_after(ScheduleKind::Cron, "0 9 * * *", tz, nine, noon),
+            Ok(Some(tomorrow))
+        );
+        assert_eq!(
+            next_run_after(ScheduleKind::Once, "x", tz, nine, noon),
+            Ok(None)
+        );
+        assert!(next_run_after(ScheduleKind::Cron, "bad", tz, nine, noon).is_err());
     }
 }
