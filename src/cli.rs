@@ -54,6 +54,18 @@ pub enum Command {
     Dump,
     /// Is the host running; per group: cursor, pending messages; failed batches; undelivered replies.
     Status,
+    /// Run talon under systemd.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Write the systemd user unit for this binary and home
+    /// (~/.config/systemd/user/talon.service).
+    Install,
 }
 
 #[derive(Debug, Subcommand)]
@@ -145,6 +157,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Groups { command } => groups(&paths, cli.config.as_deref(), command),
         Command::Dump => dump(&paths).await,
         Command::Status => status(&paths, cli.config.as_deref()),
+        Command::Service {
+            command: ServiceCommand::Install,
+        } => service_install(&paths),
     }
 }
 
@@ -325,6 +340,7 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
     } else {
         eprintln!("talon: running; channels: {}", started.join(", "));
     }
+    let _watchdog = crate::service::ready();
     serve(host, None).await;
     Ok(())
 }
@@ -367,7 +383,17 @@ async fn serve(host: Host, finished: Option<oneshot::Receiver<()>>) {
             _ = done => { break; }
         }
     }
+    crate::service::stopping();
     host.shutdown().await;
+}
+
+fn service_install(paths: &Paths) -> Result<()> {
+    let path = crate::service::install(&paths.home)
+        .map_err(|e| anyhow!("cannot write the systemd unit: {e}"))?;
+    println!("wrote {}", path.display());
+    println!("now: systemctl --user daemon-reload && systemctl --user enable --now talon");
+    println!("(and `loginctl enable-linger $USER` to keep it running after you log out)");
+    Ok(())
 }
 
 async fn image_build(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {

@@ -29,6 +29,7 @@ pub mod prompt;
 pub mod provider;
 pub mod retry;
 pub mod secret;
+pub mod service;
 pub mod singleton;
 pub mod store;
 pub mod trigger;

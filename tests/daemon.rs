@@ -132,6 +132,60 @@ async fn talon_run_starts_the_channels_whose_tokens_are_in_dotenv_and_says_which
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn under_systemd_it_says_ready_feeds_the_watchdog_and_says_stopping() {
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
+    let home = Home::new();
+    let socket_path = home.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut env = host_env(home.path(), "http://127.0.0.1:9");
+    env.push(("NOTIFY_SOCKET".into(), socket_path.display().to_string()));
+    env.push(("WATCHDOG_USEC".into(), "200000".into()));
+    let mut daemon = spawn_daemon(&env);
+    let next = || {
+        let mut buffer = [0u8; 256];
+        let n = socket.recv(&mut buffer).expect("a notification");
+        String::from_utf8_lossy(&buffer[..n]).trim().to_string()
+    };
+    assert_eq!(next(), "READY=1");
+    // Fed every 100 ms while the router answers.
+    assert_eq!(next(), "WATCHDOG=1");
+    assert_eq!(next(), "WATCHDOG=1");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let mut stopping = false;
+    for _ in 0..20 {
+        if next() == "STOPPING=1" {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "STOPPING=1 before exit");
+    assert!(daemon.wait().unwrap().success());
+}
+
+#[test]
+fn the_service_unit_is_written_for_this_home() {
+    let home = Home::new();
+    let config_home = home.path().join("xdg-config");
+    let mut env = vec![("TALON_HOME".to_string(), home.path().display().to_string())];
+    env.push(("XDG_CONFIG_HOME".into(), config_home.display().to_string()));
+    let out = talon(&env).args(["service", "install"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let unit = std::fs::read_to_string(config_home.join("systemd/user/talon.service")).unwrap();
+    assert!(unit.contains("Type=notify"), "{unit}");
+    assert!(
+        unit.contains(&format!("--home \"{}\" run", home.path().display())),
+        "{unit}"
+    );
+    assert!(unit.contains(env!("CARGO_BIN_EXE_talon")), "{unit}");
+}
+
 #[test]
 fn groups_can_be_added_and_listed_with_validation() {
     let home = Home::new();
