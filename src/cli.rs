@@ -54,6 +54,9 @@ pub enum Command {
     Dump,
     /// Is the host running; per group: cursor, pending messages; failed batches; undelivered replies.
     Status,
+    /// Check everything talon needs (Docker, image, credentials, channel
+    /// tokens, lock, lag, failures, allowlist); exit 1 if something fails.
+    Doctor,
     /// Run talon under systemd.
     Service {
         #[command(subcommand)]
@@ -157,6 +160,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Groups { command } => groups(&paths, cli.config.as_deref(), command),
         Command::Dump => dump(&paths).await,
         Command::Status => status(&paths, cli.config.as_deref()),
+        Command::Doctor => doctor(&paths, cli.config.as_deref()).await,
         Command::Service {
             command: ServiceCommand::Install,
         } => service_install(&paths),
@@ -385,6 +389,24 @@ async fn serve(host: Host, finished: Option<oneshot::Receiver<()>>) {
     }
     crate::service::stopping();
     host.shutdown().await;
+}
+
+async fn doctor(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
+    let config = match load_config(paths, explicit) {
+        Ok(config) => config,
+        Err(e) => {
+            println!("FAIL  config       {e:#}");
+            std::process::exit(1);
+        }
+    };
+    println!("ok    config       {}", paths.home.display());
+    let findings = crate::doctor::run(paths, &config).await;
+    print!("{}", crate::doctor::render(&findings));
+    let code = crate::doctor::exit_code(&findings);
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
 }
 
 fn service_install(paths: &Paths) -> Result<()> {

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod container_config;
 pub mod docker;
+pub mod doctor;
 pub mod dump;
 pub mod host;
 pub mod host_actions;

@@ -169,6 +169,49 @@ async fn under_systemd_it_says_ready_feeds_the_watchdog_and_says_stopping() {
     assert!(daemon.wait().unwrap().success());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn doctor_checks_everything_and_names_what_is_wrong() {
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
+    let slack = fake_slack::FakeSlack::start(fake_slack::FakeSlackConfig::default()).await;
+    let discord =
+        fake_discord::FakeDiscord::start(fake_discord::FakeDiscordConfig::default()).await;
+    let home = Home::new();
+    // A revoked Slack bot token, a good Discord one, no model credentials.
+    std::fs::write(
+        home.path().join(".env"),
+        "SLACK_BOT_TOKEN=xoxb-revoked\nSLACK_APP_TOKEN=xapp-test\nDISCORD_BOT_TOKEN=fake-discord-token\n",
+    )
+    .unwrap();
+    let env = vec![
+        ("TALON_HOME".to_string(), home.path().display().to_string()),
+        ("TALON_CONTAINER_IMAGE".to_string(), TEST_IMAGE.to_string()),
+        ("TALON_CHANNELS_SLACK_API_URL".to_string(), slack.api_url()),
+        (
+            "TALON_CHANNELS_DISCORD_API_URL".to_string(),
+            discord.proxy_url(),
+        ),
+    ];
+    let out = tokio::task::spawn_blocking(move || talon(&env).arg("doctor").output().unwrap())
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    for line in [
+        "ok    docker       engine",
+        "ok    image        talon-agent:test-image present",
+        "FAIL  credentials  no model credentials",
+        "FAIL  slack        token refused: SLACK_BOT_TOKEN: invalid_auth",
+        "ok    discord      token accepted (talon)",
+        "ok    host         not running",
+        "ok    allowlist",
+    ] {
+        assert!(report.contains(line), "{line:?} missing from:\n{report}");
+    }
+    assert!(!report.contains("xoxb-revoked") && !report.contains("fake-discord-token"));
+}
+
 #[test]
 fn the_service_unit_is_written_for_this_home() {
     let home = Home::new();

@@ -67,6 +67,12 @@ pub struct Discord {
 }
 
 impl Discord {
+    /// Checks the token with Discord and returns the bot's name (for
+    /// `talon doctor`).
+    pub async fn check_token(&self) -> Result<String, SendFailure> {
+        self.poster.current_user().await
+    }
+
     pub fn new(settings: DiscordSettings) -> Result<Discord, String> {
         let origin = settings
             .origin
@@ -319,6 +325,25 @@ impl DiscordPoster {
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
         Err(failure_of(status.as_u16(), &headers, &text))
+    }
+
+    async fn current_user(&self) -> Result<String, SendFailure> {
+        let response = self
+            .http
+            .get(format!("{}/users/@me", self.api))
+            .header(AUTHORIZATION, &self.auth)
+            .send()
+            .await
+            .map_err(|e| SendFailure::new(ErrorKind::Temporary, without_url(&e)))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(failure_of(status.as_u16(), &headers, &text));
+        }
+        let user: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| SendFailure::new(ErrorKind::Permanent, format!("unreadable user: {e}")))?;
+        Ok(user["username"].as_str().unwrap_or("?").to_string())
     }
 
     async fn trigger_typing(&self, chat: &str) -> Result<(), SendFailure> {

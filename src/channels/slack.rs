@@ -66,6 +66,11 @@ pub struct Slack {
 }
 
 impl Slack {
+    /// Checks both tokens with Slack (for `talon doctor`).
+    pub async fn check_tokens(&self) -> Result<SlackIdentity, SendFailure> {
+        verify_tokens(&self.client, &self.settings).await
+    }
+
     pub fn new(settings: SlackSettings) -> Result<Slack, String> {
         let client = Arc::new(build_client(settings.api_url.as_deref())?);
         let poster = Arc::new(SlackPoster {
