@@ -54,6 +54,13 @@ pub enum Command {
     Dump,
     /// Is the host running; per group: cursor, pending messages; failed batches; undelivered replies.
     Status,
+    /// Remove stale session transcripts and container run logs (older than
+    /// 7 days; the current transcripts and archived conversations stay).
+    Prune {
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check everything talon needs (Docker, image, credentials, channel
     /// tokens, lock, lag, failures, allowlist); exit 1 if something fails.
     Doctor,
@@ -161,6 +168,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Dump => dump(&paths).await,
         Command::Status => status(&paths, cli.config.as_deref()),
         Command::Doctor => doctor(&paths, cli.config.as_deref()).await,
+        Command::Prune { dry_run } => prune(&paths, dry_run),
         Command::Service {
             command: ServiceCommand::Install,
         } => service_install(&paths),
@@ -389,6 +397,17 @@ async fn serve(host: Host, finished: Option<oneshot::Receiver<()>>) {
     }
     crate::service::stopping();
     host.shutdown().await;
+}
+
+fn prune(paths: &Paths, dry_run: bool) -> Result<()> {
+    let store = Store::open(&paths.db())?;
+    let files = crate::prune::prune(paths, &store, dry_run);
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for file in &files {
+        println!("{verb} {}", file.display());
+    }
+    println!("{verb} {} stale files", files.len());
+    Ok(())
 }
 
 async fn doctor(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {

@@ -645,6 +645,7 @@ pub struct Host {
     pub ctx: Arc<HostContext>,
     pub root: ActorRef<SupervisorMsg>,
     handle: tokio::task::JoinHandle<()>,
+    pruning: tokio::task::JoinHandle<()>,
 }
 
 /// Starts the tree with the given channel actors.
@@ -704,8 +705,15 @@ pub async fn start(ctx: Arc<HostContext>, channels: Channels) -> Result<Host, Ho
         }
         Err(e) => tracing::error!(error = %e, "cannot read the outbox"),
     }
+    // Stale transcripts and run logs go now and every 24 h.
+    let pruning = crate::prune::spawn_daily(ctx.paths.clone(), ctx.store.clone());
     tracing::info!("talon is running");
-    Ok(Host { ctx, root, handle })
+    Ok(Host {
+        ctx,
+        root,
+        handle,
+        pruning,
+    })
 }
 
 impl Host {
@@ -743,6 +751,7 @@ impl Host {
     /// Stops the tree, then makes sure no container of ours keeps running.
     /// A clean shutdown also clears the channels' crash counts.
     pub async fn shutdown(self) {
+        self.pruning.abort();
         self.root.stop(Some("shutdown".into()));
         if tokio::time::timeout(Duration::from_secs(15), self.handle)
             .await

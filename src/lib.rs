@@ -28,6 +28,7 @@ pub mod outbound;
 pub mod paths;
 pub mod prompt;
 pub mod provider;
+pub mod prune;
 pub mod retry;
 pub mod secret;
 pub mod service;

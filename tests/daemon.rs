@@ -213,6 +213,36 @@ async fn doctor_checks_everything_and_names_what_is_wrong() {
 }
 
 #[test]
+fn prune_lists_then_removes_old_run_logs() {
+    let home = Home::new();
+    let env = vec![("TALON_HOME".to_string(), home.path().display().to_string())];
+    let logs = home.path().join("groups/main/logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let old = logs.join("container-1.log");
+    std::fs::write(&old, "old run").unwrap();
+    let ten_days = Duration::from_secs(10 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - ten_days)
+        .unwrap();
+    std::fs::write(logs.join("container-2.log"), "today's run").unwrap();
+    let dry = talon(&env).args(["prune", "--dry-run"]).output().unwrap();
+    let said = String::from_utf8_lossy(&dry.stdout).to_string();
+    assert!(dry.status.success(), "{}", stderr_of(&dry));
+    assert!(
+        said.contains("would remove") && said.contains("container-1.log"),
+        "{said}"
+    );
+    assert!(old.exists());
+    let real = talon(&env).arg("prune").output().unwrap();
+    assert!(real.status.success(), "{}", stderr_of(&real));
+    assert!(!old.exists());
+    assert!(logs.join("container-2.log").exists());
+}
+
+#[test]
 fn the_service_unit_is_written_for_this_home() {
     let home = Home::new();
     let config_home = home.path().join("xdg-config");
