@@ -275,7 +275,14 @@ async fn chat(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
         !interactive,
         done_tx,
     );
-    serve(host, Some(done_rx)).await;
+    match Signals::install() {
+        Ok(mut signals) => {
+            let mut done_rx = done_rx;
+            serve(&host, &mut signals, Some(&mut done_rx), false).await;
+        }
+        Err(e) => tracing::error!(error = %e, "cannot install signal handlers; stopping"),
+    }
+    host.shutdown().await;
     // Every reply was handed to the printer before the host stopped.
     let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
     Ok(())
@@ -306,33 +313,27 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
     let config = load_config(paths, explicit)?;
     let _logs = crate::logging::init(paths, &config.log.level, false)?;
     let (ctx, _lock) = prepare_host(paths, config).await?;
-    let mut channels = Channels::default();
     let interactive = std::io::stdin().is_terminal();
     let (line_tx, line_rx) = mpsc::channel::<String>(64);
     let gate = Arc::new(Semaphore::new(1));
     let mut printer_rx = None;
+    let mut terminal = None;
     if interactive {
         ensure_terminal_group(&ctx.store)?;
         let (out_tx, out_rx) = mpsc::unbounded_channel::<TerminalOutput>();
         printer_rx = Some(out_rx);
-        channels.terminal = Some(TerminalArgs {
+        terminal = Some(TerminalArgs {
             store: ctx.store.clone(),
             chat_id: TERMINAL_CHAT.into(),
             output: out_tx,
             gate: gate.clone(),
         });
     }
-    if ctx.config.channels.socket {
-        channels.socket = Some(crate::actors::socket::SocketArgs {
-            store: ctx.store.clone(),
-            path: crate::actors::socket::socket_path(&ctx.paths),
-        });
-    }
-    (channels.slack, channels.discord) = host::platform_channels(&ctx);
-    let started = channels.names();
     let user = ctx.config.terminal.user_name.clone();
     let assistant = ctx.config.assistant.name.clone();
-    let host = host::start(ctx, channels).await?;
+    let channels = daemon_channels(&ctx, terminal.clone());
+    announce_channels(&channels, "running");
+    let mut host = host::start(ctx, channels).await?;
     if let Some(mut out_rx) = printer_rx {
         tokio::spawn(async move {
             while let Some(item) = out_rx.recv().await {
@@ -346,57 +347,141 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
         let (done_tx, _done_rx) = oneshot::channel();
         spawn_input(line_rx, TERMINAL_CHAT.into(), user, gate, false, done_tx);
     }
-    tracing::info!(channels = ?started, "channels started");
-    if started.is_empty() {
-        eprintln!("talon: running with no channels (stdin is not a terminal, the socket channel is off and no platform tokens are configured)");
-    } else {
-        eprintln!("talon: running; channels: {}", started.join(", "));
-    }
     let _watchdog = crate::service::ready();
-    serve(host, None).await;
+    let mut signals = Signals::install()?;
+    while let Ended::Reload = serve(&host, &mut signals, None, true).await {
+        // The new configuration is checked whole before the running host
+        // is touched: a broken file never takes talon down.
+        let next = match load_config(paths, explicit) {
+            Ok(config) => reload_context(paths, config, &host.ctx).await,
+            Err(e) => Err(e),
+        };
+        match next {
+            Ok(ctx) => {
+                crate::service::reloading();
+                host.shutdown().await;
+                let channels = daemon_channels(&ctx, terminal.clone());
+                announce_channels(&channels, "configuration reloaded");
+                host = host::start(ctx, channels).await?;
+                crate::service::reloaded();
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "SIGHUP: the configuration is invalid; still running with the previous one");
+                eprintln!("talon: configuration not reloaded (still running with the previous one): {e:#}");
+            }
+        }
+    }
+    crate::service::stopping();
+    host.shutdown().await;
     Ok(())
 }
 
-/// Runs until SIGTERM/SIGINT (or `finished`), answering SIGUSR1 with a dump.
-async fn serve(host: Host, finished: Option<oneshot::Receiver<()>>) {
-    let mut finished = finished;
-    let signals = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::user_defined1()),
-        signal(SignalKind::hangup()),
-    );
-    let (Ok(mut term), Ok(mut int), Ok(mut usr1), Ok(mut hup)) = signals else {
-        tracing::error!("cannot install signal handlers; stopping");
-        host.shutdown().await;
-        return;
+/// The channels `talon run` starts for a host: the terminal (if given),
+/// the socket when configured, Slack and Discord when their tokens are.
+fn daemon_channels(ctx: &HostContext, terminal: Option<TerminalArgs>) -> Channels {
+    let mut channels = Channels {
+        terminal,
+        ..Channels::default()
     };
+    if ctx.config.channels.socket {
+        channels.socket = Some(crate::actors::socket::SocketArgs {
+            store: ctx.store.clone(),
+            path: crate::actors::socket::socket_path(&ctx.paths),
+        });
+    }
+    (channels.slack, channels.discord) = host::platform_channels(ctx);
+    channels
+}
+
+fn announce_channels(channels: &Channels, what: &str) {
+    let started = channels.names();
+    tracing::info!(channels = ?started, "{what}");
+    if started.is_empty() {
+        eprintln!("talon: {what}; no channels (stdin is not a terminal, the socket channel is off and no platform tokens are configured)");
+    } else {
+        eprintln!("talon: {what}; channels: {}", started.join(", "));
+    }
+}
+
+/// A host context for a reloaded configuration, sharing the running one's
+/// store and Docker connection.
+async fn reload_context(
+    paths: &Paths,
+    config: Config,
+    running: &HostContext,
+) -> Result<Arc<HostContext>> {
+    let provider = host::build_provider(&config, paths)?;
+    let ctx = HostContext::new(
+        running.store.clone(),
+        config,
+        paths.clone(),
+        running.docker.clone(),
+        provider,
+    )?;
+    Ok(Arc::new(ctx))
+}
+
+/// The signals a host answers, installed once for the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Why [`serve`] returned.
+enum Ended {
+    Stop,
+    Reload,
+}
+
+/// Serves until SIGTERM/SIGINT (or `finished`), answering SIGUSR1 with a
+/// dump; SIGHUP ends it with [`Ended::Reload`] when `reloadable`.
+async fn serve(
+    host: &Host,
+    signals: &mut Signals,
+    mut finished: Option<&mut oneshot::Receiver<()>>,
+    reloadable: bool,
+) -> Ended {
     loop {
         let done = async {
             match finished.as_mut() {
                 Some(rx) => {
-                    let _ = rx.await;
+                    let _ = (&mut **rx).await;
                 }
                 None => std::future::pending::<()>().await,
             }
         };
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            _ = usr1.recv() => {
+            _ = signals.term.recv() => { tracing::info!("SIGTERM: stopping"); return Ended::Stop; }
+            _ = signals.int.recv() => { tracing::info!("SIGINT: stopping"); return Ended::Stop; }
+            _ = signals.usr1.recv() => {
                 match host.write_dump().await {
                     Ok(path) => tracing::info!(path = %path.display(), "state dump written"),
                     Err(e) => tracing::error!(error = %e, "cannot write the state dump"),
                 }
             }
-            _ = hup.recv() => {
-                tracing::warn!("SIGHUP: configuration reload is not supported yet; restart talon to apply changes");
+            _ = signals.hup.recv() => {
+                if reloadable {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    return Ended::Reload;
+                }
+                tracing::warn!("SIGHUP: `talon chat` does not reload; ignored");
             }
-            _ = done => { break; }
+            _ = done => { return Ended::Stop; }
         }
     }
-    crate::service::stopping();
-    host.shutdown().await;
 }
 
 fn prune(paths: &Paths, dry_run: bool) -> Result<()> {

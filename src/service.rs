@@ -30,6 +30,9 @@ StartLimitBurst=10
 Type=notify
 NotifyAccess=main
 ExecStart=\"{exe}\" --home \"{home}\" run
+# SIGHUP re-reads the configuration and restarts the actor tree with it;
+# an invalid file is reported and the running configuration kept.
+ExecReload=/bin/kill -HUP $MAINPID
 # SIGTERM drains: containers get their close sentinel, then are removed.
 KillSignal=SIGTERM
 TimeoutStopSec=45
@@ -79,6 +82,23 @@ pub fn ready() -> Option<tokio::task::JoinHandle<()>> {
     notify(NotifyState::Ready);
     let interval = sd_notify::watchdog_enabled()?;
     Some(tokio::spawn(feed_watchdog(interval / 2)))
+}
+
+/// Tells systemd a reload (SIGHUP) has begun.
+pub fn reloading() {
+    let mut states = vec![NotifyState::Reloading];
+    // systemd 253+ wants the reload's start time with it.
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    if let Err(e) = sd_notify::notify(&states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Tells systemd the reload is done and talon serves again.
+pub fn reloaded() {
+    notify(NotifyState::Ready);
 }
 
 /// Tells systemd the host is stopping (so a slow drain is not a hang).

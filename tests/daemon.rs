@@ -212,6 +212,74 @@ async fn doctor_checks_everything_and_names_what_is_wrong() {
     assert!(!report.contains("xoxb-revoked") && !report.contains("fake-discord-token"));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_a_changed_configuration_and_survives_a_broken_one() {
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
+    let home = Home::new();
+    let config = home.path().join("talon.toml");
+    std::fs::write(&config, "[channels]\nsocket = false\n").unwrap();
+    let env = host_env(home.path(), "http://127.0.0.1:9");
+    let mut daemon = spawn_daemon(&env);
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let sink = stderr.clone();
+    let pipe = daemon.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    let limit = Duration::from_secs(30);
+    wait_for("the host to start", limit, || {
+        stderr.lock().unwrap().contains("talon: running")
+    });
+    let socket = home.path().join("data/talon.sock");
+    assert!(!socket.exists());
+    let hup = |pid: u32| {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    };
+
+    // Switch the socket channel on: applied without a restart.
+    std::fs::write(&config, "[channels]\nsocket = true\n").unwrap();
+    hup(daemon.id());
+    wait_for("the socket channel after the reload", limit, || {
+        socket.exists()
+    });
+    assert!(
+        stderr
+            .lock()
+            .unwrap()
+            .contains("talon: configuration reloaded; channels: socket"),
+        "{}",
+        stderr.lock().unwrap()
+    );
+
+    // A broken file: reported, and the running configuration kept.
+    std::fs::write(&config, "[channels]\nsocket = \"yes\"\n").unwrap();
+    hup(daemon.id());
+    wait_for("the refusal", limit, || {
+        stderr
+            .lock()
+            .unwrap()
+            .contains("configuration not reloaded")
+    });
+    assert!(daemon.try_wait().unwrap().is_none(), "still running");
+    assert!(socket.exists());
+    assert!(
+        stderr.lock().unwrap().contains("channels.socket"),
+        "the error names the key: {}",
+        stderr.lock().unwrap()
+    );
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success());
+}
+
 #[test]
 fn prune_lists_then_removes_old_run_logs() {
     let home = Home::new();
