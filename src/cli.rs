@@ -397,7 +397,7 @@ fn announce_channels(channels: &Channels, what: &str) {
     let started = channels.names();
     tracing::info!(channels = ?started, "{what}");
     if started.is_empty() {
-        eprintln!("talon: {what}; no channels (stdin is not a terminal, the socket channel is off and no platform tokens are configured)");
+        eprintln!("talon: {what} with no channels (stdin is not a terminal, the socket channel is off and no platform tokens are configured)");
     } else {
         eprintln!("talon: {what}; channels: {}", started.join(", "));
     }

@@ -8,9 +8,7 @@ mod fake_discord;
 #[path = "support/fake_slack.rs"]
 mod fake_slack;
 
-use std::io::BufRead;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::*;
@@ -81,16 +79,8 @@ async fn talon_run_starts_the_channels_whose_tokens_are_in_dotenv_and_says_which
     env.push(("TALON_CHANNELS_SLACK_API_URL".into(), slack.api_url()));
     env.push(("TALON_CHANNELS_DISCORD_API_URL".into(), discord.proxy_url()));
     let mut daemon = spawn_daemon(&env);
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let sink = stderr.clone();
-    let pipe = daemon.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-            let mut text = sink.lock().unwrap();
-            text.push_str(&line);
-            text.push('\n');
-        }
-    });
+    let stderr = collect_stderr(&mut daemon);
+    let said = || stderr.lock().unwrap().join("\n");
 
     assert!(
         slack.wait_connections(1, Duration::from_secs(30)).await,
@@ -100,10 +90,10 @@ async fn talon_run_starts_the_channels_whose_tokens_are_in_dotenv_and_says_which
         discord.wait_readies(1, Duration::from_secs(30)).await,
         "discord identified"
     );
-    let said = stderr.lock().unwrap().clone();
+    let startup = said();
     assert!(
-        said.contains("talon: running; channels: slack, discord"),
-        "{said}"
+        startup.contains("talon: running; channels: slack, discord"),
+        "{startup}"
     );
     let counts: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&ledger).unwrap()).unwrap();
@@ -124,10 +114,7 @@ async fn talon_run_starts_the_channels_whose_tokens_are_in_dotenv_and_says_which
         .collect();
     assert!(log.contains("slack: tokens accepted"), "{log}");
     for secret in ["xoxb-test", "xapp-test", "fake-discord-token"] {
-        assert!(
-            !stderr.lock().unwrap().contains(secret),
-            "{secret} in stderr"
-        );
+        assert!(!said().contains(secret), "{secret} in stderr");
         assert!(!log.contains(secret), "{secret} in the log");
     }
 }
@@ -222,19 +209,11 @@ async fn sighup_applies_a_changed_configuration_and_survives_a_broken_one() {
     std::fs::write(&config, "[channels]\nsocket = false\n").unwrap();
     let env = host_env(home.path(), "http://127.0.0.1:9");
     let mut daemon = spawn_daemon(&env);
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let sink = stderr.clone();
-    let pipe = daemon.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
-            let mut text = sink.lock().unwrap();
-            text.push_str(&line);
-            text.push('\n');
-        }
-    });
+    let stderr = collect_stderr(&mut daemon);
+    let said = || stderr.lock().unwrap().join("\n");
     let limit = Duration::from_secs(30);
     wait_for("the host to start", limit, || {
-        stderr.lock().unwrap().contains("talon: running")
+        said().contains("talon: running")
     });
     let socket = home.path().join("data/talon.sock");
     assert!(!socket.exists());
@@ -250,29 +229,23 @@ async fn sighup_applies_a_changed_configuration_and_survives_a_broken_one() {
         socket.exists()
     });
     assert!(
-        stderr
-            .lock()
-            .unwrap()
-            .contains("talon: configuration reloaded; channels: socket"),
+        said().contains("talon: configuration reloaded; channels: socket"),
         "{}",
-        stderr.lock().unwrap()
+        said()
     );
 
     // A broken file: reported, and the running configuration kept.
     std::fs::write(&config, "[channels]\nsocket = \"yes\"\n").unwrap();
     hup(daemon.id());
     wait_for("the refusal", limit, || {
-        stderr
-            .lock()
-            .unwrap()
-            .contains("configuration not reloaded")
+        said().contains("configuration not reloaded")
     });
     assert!(daemon.try_wait().unwrap().is_none(), "still running");
     assert!(socket.exists());
     assert!(
-        stderr.lock().unwrap().contains("channels.socket"),
+        said().contains("channels.socket"),
         "the error names the key: {}",
-        stderr.lock().unwrap()
+        said()
     );
 
     // SAFETY: signalling our own child.

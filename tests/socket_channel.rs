@@ -7,9 +7,6 @@
 mod socket_client;
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::Child;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -32,19 +29,6 @@ async fn model() -> FakeAnthropic {
         }
     })
     .await
-}
-
-/// The host's stderr, collected by a thread as it comes.
-fn collect_stderr(child: &mut Child) -> Arc<Mutex<Vec<String>>> {
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let stderr = child.stderr.take().expect("stderr piped");
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    lines
 }
 
 async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {

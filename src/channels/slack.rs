@@ -113,7 +113,9 @@ fn api_token(secret: &Secret) -> SlackApiToken {
     SlackApiToken::new(SlackApiTokenValue::new(secret.expose().to_string()))
 }
 
-/// Slack's error codes that mean the token itself is bad.
+/// Slack's error codes that mean the token itself is bad. (A missing scope
+/// is not one: it concerns one method, and stopping the adapter for it
+/// would also stop it listening.)
 fn is_token_error(code: &str) -> bool {
     matches!(
         code,
@@ -123,9 +125,6 @@ fn is_token_error(code: &str) -> bool {
             | "token_expired"
             | "account_inactive"
             | "not_allowed_token_type"
-            | "missing_scope"
-            | "no_permission"
-            | "ekm_access_denied"
     )
 }
 
@@ -586,6 +585,7 @@ mod tests {
             |code: &str| SlackClientError::ApiError(SlackClientApiError::new(code.to_string()));
         assert_eq!(classify(&api("invalid_auth")).kind, ErrorKind::Auth);
         assert_eq!(classify(&api("token_revoked")).kind, ErrorKind::Auth);
+        assert_eq!(classify(&api("missing_scope")).kind, ErrorKind::Permanent);
         assert_eq!(
             classify(&api("channel_not_found")).kind,
             ErrorKind::Permanent
