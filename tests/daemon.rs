@@ -56,20 +56,30 @@ async fn one_host_per_home_dump_on_request_and_clean_stop() {
     assert!(stderr_of(&not_running).contains("not running"));
 }
 
+/// A fake Slack and a fake Discord with their default workspaces.
+async fn platform_fakes() -> (fake_slack::FakeSlack, fake_discord::FakeDiscord) {
+    (
+        fake_slack::FakeSlack::start(fake_slack::FakeSlackConfig::default()).await,
+        fake_discord::FakeDiscord::start(fake_discord::FakeDiscordConfig::default()).await,
+    )
+}
+
+/// A fresh home whose NanoClaw-style `.env` holds `text`.
+fn home_with_dotenv(text: &str) -> Home {
+    let home = Home::new();
+    std::fs::write(home.path().join(".env"), text).unwrap();
+    home
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn talon_run_starts_the_channels_whose_tokens_are_in_dotenv_and_says_which() {
     let Some(_docker) = docker_with_image().await else {
         return;
     };
-    let slack = fake_slack::FakeSlack::start(fake_slack::FakeSlackConfig::default()).await;
-    let discord =
-        fake_discord::FakeDiscord::start(fake_discord::FakeDiscordConfig::default()).await;
-    let home = Home::new();
-    std::fs::write(
-        home.path().join(".env"),
+    let (slack, discord) = platform_fakes().await;
+    let home = home_with_dotenv(
         "SLACK_BOT_TOKEN=xoxb-test\nSLACK_APP_TOKEN=xapp-test\nDISCORD_BOT_TOKEN=\"fake-discord-token\"\n",
-    )
-    .unwrap();
+    );
     // A crash loop left by an earlier host: counted, then cleared by a
     // clean stop.
     std::fs::create_dir_all(home.path().join("data")).unwrap();
@@ -161,16 +171,11 @@ async fn doctor_checks_everything_and_names_what_is_wrong() {
     let Some(_docker) = docker_with_image().await else {
         return;
     };
-    let slack = fake_slack::FakeSlack::start(fake_slack::FakeSlackConfig::default()).await;
-    let discord =
-        fake_discord::FakeDiscord::start(fake_discord::FakeDiscordConfig::default()).await;
-    let home = Home::new();
+    let (slack, discord) = platform_fakes().await;
     // A revoked Slack bot token, a good Discord one, no model credentials.
-    std::fs::write(
-        home.path().join(".env"),
+    let home = home_with_dotenv(
         "SLACK_BOT_TOKEN=xoxb-revoked\nSLACK_APP_TOKEN=xapp-test\nDISCORD_BOT_TOKEN=fake-discord-token\n",
-    )
-    .unwrap();
+    );
     let env = vec![
         ("TALON_HOME".to_string(), home.path().display().to_string()),
         ("TALON_CONTAINER_IMAGE".to_string(), TEST_IMAGE.to_string()),
