@@ -233,6 +233,7 @@ async fn chat(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
     let config = load_config(paths, explicit)?;
     let interactive = std::io::stdin().is_terminal();
     let _logs = crate::logging::init(paths, &config.log.level, !interactive)?;
+    let mut signals = Signals::install()?;
     let assistant = config.assistant.name.clone();
     let user = config.terminal.user_name.clone();
     let (ctx, _lock) = prepare_host(paths, config).await?;
@@ -275,13 +276,8 @@ async fn chat(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
         !interactive,
         done_tx,
     );
-    match Signals::install() {
-        Ok(mut signals) => {
-            let mut done_rx = done_rx;
-            serve(&host, &mut signals, Some(&mut done_rx), false).await;
-        }
-        Err(e) => tracing::error!(error = %e, "cannot install signal handlers; stopping"),
-    }
+    let mut done_rx = done_rx;
+    serve(&host, &mut signals, Some(&mut done_rx), false).await;
     host.shutdown().await;
     // Every reply was handed to the printer before the host stopped.
     let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
@@ -312,6 +308,9 @@ async fn read_stdin_lines(lines: mpsc::Sender<String>) {
 async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
     let config = load_config(paths, explicit)?;
     let _logs = crate::logging::init(paths, &config.log.level, false)?;
+    // Before anything can say "running": a signal that arrived earlier
+    // would meet the default action (SIGHUP and SIGTERM end the process).
+    let mut signals = Signals::install()?;
     let (ctx, _lock) = prepare_host(paths, config).await?;
     let interactive = std::io::stdin().is_terminal();
     let (line_tx, line_rx) = mpsc::channel::<String>(64);
@@ -332,7 +331,7 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
     let user = ctx.config.terminal.user_name.clone();
     let assistant = ctx.config.assistant.name.clone();
     let channels = daemon_channels(&ctx, terminal.clone());
-    announce_channels(&channels, "running");
+    let names = channels.names();
     let mut host = host::start(ctx, channels).await?;
     if let Some(mut out_rx) = printer_rx {
         tokio::spawn(async move {
@@ -347,8 +346,8 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
         let (done_tx, _done_rx) = oneshot::channel();
         spawn_input(line_rx, TERMINAL_CHAT.into(), user, gate, false, done_tx);
     }
+    announce_channels(&names, "running");
     let _watchdog = crate::service::ready();
-    let mut signals = Signals::install()?;
     while let Ended::Reload = serve(&host, &mut signals, None, true).await {
         // The new configuration is checked whole before the running host
         // is touched: a broken file never takes talon down.
@@ -361,8 +360,9 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
                 crate::service::reloading();
                 host.shutdown().await;
                 let channels = daemon_channels(&ctx, terminal.clone());
-                announce_channels(&channels, "configuration reloaded");
+                let names = channels.names();
                 host = host::start(ctx, channels).await?;
+                announce_channels(&names, "configuration reloaded");
                 crate::service::reloaded();
             }
             Err(e) => {
@@ -393,8 +393,7 @@ fn daemon_channels(ctx: &HostContext, terminal: Option<TerminalArgs>) -> Channel
     channels
 }
 
-fn announce_channels(channels: &Channels, what: &str) {
-    let started = channels.names();
+fn announce_channels(started: &[&str], what: &str) {
     tracing::info!(channels = ?started, "{what}");
     if started.is_empty() {
         eprintln!("talon: {what} with no channels (stdin is not a terminal, the socket channel is off and no platform tokens are configured)");
