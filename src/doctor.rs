@@ -68,8 +68,7 @@ pub fn exit_code(findings: &[Finding]) -> i32 {
 
 /// Runs every check.
 pub async fn run(paths: &Paths, config: &Config) -> Vec<Finding> {
-    let mut findings = vec![docker().await];
-    findings.extend(image(config).await);
+    let mut findings = docker_and_image(config).await;
     findings.push(credentials(config));
     findings.extend(platforms(config).await);
     findings.push(host_lock(paths));
@@ -87,28 +86,32 @@ pub async fn run(paths: &Paths, config: &Config) -> Vec<Finding> {
     findings
 }
 
-async fn docker() -> Finding {
-    match crate::docker::connect().await {
-        Ok(docker) => match docker.version().await {
-            Ok(v) => finding(
-                "docker",
-                Level::Ok,
-                format!(
-                    "engine {} reachable (API {})",
-                    v.version.unwrap_or_default(),
-                    v.api_version.unwrap_or_default()
-                ),
+/// The engine and the agent image, over one connection.
+async fn docker_and_image(config: &Config) -> Vec<Finding> {
+    let docker = match crate::docker::connect().await {
+        Ok(docker) => docker,
+        Err(e) => return vec![finding("docker", Level::Fail, e.to_string())],
+    };
+    let engine = match docker.version().await {
+        Ok(v) => finding(
+            "docker",
+            Level::Ok,
+            format!(
+                "engine {} reachable (API {})",
+                v.version.unwrap_or_default(),
+                v.api_version.unwrap_or_default()
             ),
-            Err(e) => finding("docker", Level::Fail, format!("engine not answering: {e}")),
-        },
-        Err(e) => finding("docker", Level::Fail, e.to_string()),
-    }
-}
-
-async fn image(config: &Config) -> Option<Finding> {
-    let docker = crate::docker::connect().await.ok()?;
+        ),
+        Err(e) => {
+            return vec![finding(
+                "docker",
+                Level::Fail,
+                format!("engine not answering: {e}"),
+            )]
+        }
+    };
     let name = &config.container.image;
-    Some(match docker.inspect_image(name).await {
+    let image = match docker.inspect_image(name).await {
         Ok(image) => finding(
             "image",
             Level::Ok,
@@ -119,7 +122,8 @@ async fn image(config: &Config) -> Option<Finding> {
             Level::Warn,
             format!("{name} not built yet; `talon image build` (or the first `talon chat`) builds it offline"),
         ),
-    })
+    };
+    vec![engine, image]
 }
 
 fn credentials(config: &Config) -> Finding {
