@@ -40,6 +40,7 @@ const SECTIONS: &[&str] = &[
     "terminal",
     "channels",
     "web",
+    "limits",
     "log",
 ];
 
@@ -88,6 +89,7 @@ pub struct Config {
     pub terminal: TerminalConfig,
     pub channels: ChannelsConfig,
     pub web: WebConfig,
+    pub limits: LimitsConfig,
     pub log: LogConfig,
     pub secrets: Secrets,
 }
@@ -219,6 +221,39 @@ impl Default for WebConfig {
     }
 }
 
+/// What one container may make the host do (SPEC §8, containment): the
+/// host enforces these whatever the runner says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    /// Requests (model calls, host actions) one container may have in
+    /// flight; more wait, unread, in the container's own pipe.
+    pub max_inflight_per_container: usize,
+    /// Requests in flight across all containers.
+    pub max_inflight: usize,
+    pub max_model_calls_per_run: u64,
+    /// Input plus output tokens over one container run.
+    pub max_tokens_per_run: u64,
+    /// Host actions (messages, tasks, web fetches) one container may ask
+    /// for a minute, sustained; a minute's worth may come at once.
+    pub host_actions_per_minute: u32,
+    /// The largest prompt sent into a container, JSON-encoded: older
+    /// messages of a bigger batch are left out, with a note.
+    pub max_prompt_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_inflight_per_container: 4,
+            max_inflight: 32,
+            max_model_calls_per_run: 200,
+            max_tokens_per_run: 10_000_000,
+            host_actions_per_minute: 60,
+            max_prompt_bytes: 1_000_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// A `tracing` filter: `info`, or `info,talon=debug`.
@@ -326,6 +361,7 @@ impl Default for Config {
             terminal: TerminalConfig::default(),
             channels: ChannelsConfig::default(),
             web: WebConfig::default(),
+            limits: LimitsConfig::default(),
             log: LogConfig::default(),
             secrets: Secrets::default(),
         }
@@ -871,6 +907,39 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
         timeout: s.get("web", "timeout", w.timeout, positive_duration)?,
         max_bytes: s.get("web", "max_bytes", w.max_bytes, |raw| at_least(raw, 1))?,
     };
+    let l = defaults.limits;
+    let limits = LimitsConfig {
+        max_inflight_per_container: s.get(
+            "limits",
+            "max_inflight_per_container",
+            l.max_inflight_per_container,
+            |raw| at_least(raw, 1),
+        )?,
+        max_inflight: s.get("limits", "max_inflight", l.max_inflight, |raw| {
+            at_least(raw, 1)
+        })?,
+        max_model_calls_per_run: s.get(
+            "limits",
+            "max_model_calls_per_run",
+            l.max_model_calls_per_run,
+            |raw| at_least(raw, 1),
+        )?,
+        max_tokens_per_run: s.get(
+            "limits",
+            "max_tokens_per_run",
+            l.max_tokens_per_run,
+            |raw| at_least(raw, 1),
+        )?,
+        host_actions_per_minute: s.get(
+            "limits",
+            "host_actions_per_minute",
+            l.host_actions_per_minute,
+            |raw| at_least(raw, 1),
+        )?,
+        max_prompt_bytes: s.get("limits", "max_prompt_bytes", l.max_prompt_bytes, |raw| {
+            at_least(raw, 4096)
+        })?,
+    };
     let log = LogConfig {
         level: s.get("log", "level", defaults.log.level, log_filter)?,
     };
@@ -883,6 +952,7 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
         terminal,
         channels,
         web,
+        limits,
         log,
         secrets: Secrets::default(),
     })
@@ -1199,6 +1269,14 @@ mod tests {
                 allow_loopback: false,
                 timeout: Duration::from_secs(20),
                 max_bytes: 1_000_000,
+            },
+            limits: LimitsConfig {
+                max_inflight_per_container: 4,
+                max_inflight: 32,
+                max_model_calls_per_run: 200,
+                max_tokens_per_run: 10_000_000,
+                host_actions_per_minute: 60,
+                max_prompt_bytes: 1_000_000,
             },
             log: LogConfig {
                 level: "info".into(),

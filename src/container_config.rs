@@ -28,15 +28,35 @@ pub const MAX_MEMORY_MB: u64 = 65_536;
 pub const MIN_CPUS: f64 = 0.01;
 pub const MAX_CPUS: f64 = 64.0;
 
-/// Credentials the host keeps for its own model calls (SPEC §6: secrets never
-/// enter a container), and `TZ`, which the host always passes itself.
+/// Credentials the host keeps for its own model calls and channels (SPEC §6:
+/// secrets never enter a container), and `TZ`, which the host always passes
+/// itself. A group may never name these, whatever its config says.
 pub const RESERVED_SECRETS: &[&str] = &[
     "ANTHROPIC_API_KEY",
     "ANTHROPIC_API_KEY_FALLBACK",
     "CLAUDE_CODE_OAUTH_TOKEN",
     "ANTHROPIC_AUTH_TOKEN",
+    "DISCORD_BOT_TOKEN",
+    "COPILOT_API_KEY",
     "TZ",
 ];
+
+/// Name prefixes of the host's own credentials and settings: Slack's tokens
+/// (`SLACK_BOT_TOKEN`, `SLACK_APP_TOKEN`, any other `SLACK_*`), every
+/// Anthropic and Claude variable, and talon's own configuration.
+pub const RESERVED_SECRET_PREFIXES: &[&str] = &["SLACK_", "ANTHROPIC_", "CLAUDE_", "TALON_"];
+
+/// Why `name` may never be passed into a container, or `None` when it may.
+/// `light_key_env` is the configured name of the LIGHT tier's key variable.
+pub fn reserved_secret(name: &str, light_key_env: Option<&str>) -> Option<&'static str> {
+    if name == "TZ" {
+        return Some("the host always passes TZ itself");
+    }
+    let reserved = RESERVED_SECRETS.contains(&name)
+        || RESERVED_SECRET_PREFIXES.iter().any(|p| name.starts_with(p))
+        || light_key_env == Some(name);
+    reserved.then_some("it is a credential the host keeps for itself")
+}
 
 /// The JSON field names, in the order they are written.
 const FIELDS: &[&str] = &[
@@ -450,12 +470,7 @@ fn validate_secret_name(name: &str) -> Result<(), ContainerConfigError> {
     if !well_formed {
         return Err(ContainerConfigError::InvalidSecretName { name: name.into() });
     }
-    if RESERVED_SECRETS.contains(&name) {
-        let why = if name == "TZ" {
-            "the host always passes TZ itself"
-        } else {
-            "it is a model credential the host keeps for itself"
-        };
+    if let Some(why) = reserved_secret(name, None) {
         return Err(ContainerConfigError::ReservedSecret {
             name: name.into(),
             why,
@@ -688,21 +703,42 @@ mod tests {
             (r#"{"secrets":["TOKEN","TOKEN"]}"#, &["secrets:", "twice"]),
             (
                 r#"{"secrets":["ANTHROPIC_API_KEY"]}"#,
-                &["secrets:", "ANTHROPIC_API_KEY", "model credential"],
+                &["secrets:", "ANTHROPIC_API_KEY", "credential the host keeps"],
             ),
             (
                 r#"{"secrets":["ANTHROPIC_API_KEY_FALLBACK"]}"#,
-                &["model credential"],
+                &["credential the host keeps"],
             ),
             (
                 r#"{"secrets":["CLAUDE_CODE_OAUTH_TOKEN"]}"#,
-                &["model credential"],
+                &["credential the host keeps"],
             ),
             (
                 r#"{"secrets":["ANTHROPIC_AUTH_TOKEN"]}"#,
-                &["model credential"],
+                &["credential the host keeps"],
             ),
             (r#"{"secrets":["TZ"]}"#, &["secrets:", "TZ"]),
+            // The host's own channel and LIGHT-tier credentials.
+            (
+                r#"{"secrets":["SLACK_BOT_TOKEN"]}"#,
+                &["SLACK_BOT_TOKEN", "credential the host keeps"],
+            ),
+            (
+                r#"{"secrets":["SLACK_APP_TOKEN"]}"#,
+                &["credential the host keeps"],
+            ),
+            (
+                r#"{"secrets":["DISCORD_BOT_TOKEN"]}"#,
+                &["credential the host keeps"],
+            ),
+            (
+                r#"{"secrets":["COPILOT_API_KEY"]}"#,
+                &["credential the host keeps"],
+            ),
+            (
+                r#"{"secrets":["CLAUDE_ANYTHING"]}"#,
+                &["credential the host keeps"],
+            ),
             (r#"{"secrets":"TOKEN"}"#, &["secrets:", "sequence"]),
             (
                 r#"{"additional_mounts":[{"host_path":"~/a","container_path":"a/b"}]}"#,

@@ -301,12 +301,13 @@ pub fn store_checks(store: &Store, config: &Config, now: i64) -> Vec<Finding> {
 /// went idle), from the run logs.
 fn recent_hard_kills(paths: &Paths, now: i64) -> Finding {
     let mut killed = Vec::new();
-    let groups = std::fs::read_dir(paths.home.join("groups"))
+    // Run logs live outside the group folders (the agent cannot forge them).
+    let groups = std::fs::read_dir(paths.logs().join("containers"))
         .into_iter()
         .flatten()
         .flatten();
     for group in groups {
-        let logs = std::fs::read_dir(group.path().join("logs"))
+        let logs = std::fs::read_dir(group.path())
             .into_iter()
             .flatten()
             .flatten();
@@ -329,7 +330,7 @@ fn recent_hard_kills(paths: &Paths, now: i64) -> Finding {
             "timeouts",
             Level::Warn,
             format!(
-                "containers hard-killed in the last 24 h in: {} (see groups/<folder>/logs/)",
+                "containers hard-killed in the last 24 h in: {} (see logs/containers/<folder>/)",
                 killed.join(", ")
             ),
         )

@@ -60,6 +60,9 @@ pub struct HostContext {
     pub providers: Providers,
     /// Global limit on running containers; waiters are served FIFO.
     pub slots: Arc<Semaphore>,
+    /// Global bound on containers' requests in flight (model calls, host
+    /// actions): one group's flood can never take what the others need.
+    pub inflight: Arc<Semaphore>,
     /// Performs agents' host requests.
     pub actions: Arc<crate::host_actions::HostActions>,
     /// Groups waiting for a slot right now (idle containers yield to them).
@@ -199,6 +202,7 @@ impl HostContext {
         let slots = Arc::new(Semaphore::new(
             config.queue.max_concurrent_containers.max(1),
         ));
+        let inflight = Arc::new(Semaphore::new(config.limits.max_inflight.max(1)));
         let instance = docker::instance_id(&paths.home);
         let actions = Arc::new(crate::host_actions::HostActions::new(
             store.clone(),
@@ -220,6 +224,7 @@ impl HostContext {
             provider,
             providers,
             slots,
+            inflight,
             slot_waiters: Arc::default(),
             actions,
             timezone,
@@ -267,12 +272,9 @@ impl HostContext {
         let group_dir = self.paths.group_dir(&group.folder);
         let session_dir = self.paths.session_dir(&group.folder);
         let global_dir = self.paths.global_dir();
-        for dir in [
-            &group_dir,
-            &session_dir,
-            &global_dir,
-            &self.paths.group_logs(&group.folder),
-        ] {
+        // These are the mount roots, in host-owned parents; what is inside
+        // them is the agent's and is never touched here.
+        for dir in [&group_dir, &session_dir, &global_dir] {
             std::fs::create_dir_all(dir)?;
         }
         if host_uid == 0 {
@@ -282,6 +284,8 @@ impl HostContext {
                 writable.push(&global_dir);
             }
             for dir in writable {
+                // The roots only (host-made, in host-owned parents), never
+                // anything inside them.
                 std::os::unix::fs::chown(dir, Some(user.0), Some(user.1))?;
             }
         }
@@ -366,10 +370,20 @@ impl HostContext {
         let dotenv = std::fs::read_to_string(self.paths.env_file())
             .map(|text| crate::config::parse_dotenv(&text))
             .unwrap_or_default();
+        let light_key_env = self.config.provider.light_api_key_env.as_str();
         config
             .secrets
             .iter()
             .filter_map(|name| {
+                // A stored config may predate a rule, or name the LIGHT key's
+                // configured variable: the host's own credentials never go in.
+                if let Some(why) =
+                    crate::container_config::reserved_secret(name, Some(light_key_env))
+                {
+                    tracing::warn!(group = %group.folder, secret = %name, %why,
+                        "a secret the group's config names is refused; not passed");
+                    return None;
+                }
                 let value = std::env::var(name)
                     .ok()
                     .filter(|v| !v.is_empty())

@@ -39,7 +39,8 @@ pub type GroupStarter = Arc<dyn Fn(RegisteredGroup) -> Result<(), String> + Send
 /// Performs host actions for agents.
 pub struct HostActions {
     store: Store,
-    web: WebConfig,
+    /// One HTTP client for every web fetch, made here.
+    web: web::WebFetcher,
     timezone: Tz,
     /// Set once the actor tree runs; until then a registered group is
     /// served from the next start.
@@ -101,13 +102,16 @@ pub fn may_manage_task(caller: &Caller, task: &TaskRow) -> Result<(), String> {
     if caller.is_main || task.group_folder == caller.group_folder {
         Ok(())
     } else {
-        // Said as "not found" would hide a real id; saying whose it is would
-        // leak other groups' task ids. This names neither.
-        Err(format!(
-            "task {} belongs to another group; this group may manage only its own tasks",
-            task.id
-        ))
+        // Refused exactly as an unknown id is: any other answer would tell a
+        // non-main agent that another group has a task with this id.
+        Err(unknown_task(&task.id))
     }
+}
+
+/// The one refusal for a task id the caller cannot see, whether it exists
+/// in another group or nowhere.
+pub fn unknown_task(task_id: &str) -> String {
+    format!("no task of this group has id {task_id:?}; list_tasks shows the ids")
 }
 
 /// Only main may register groups.
@@ -157,7 +161,7 @@ impl HostActions {
     pub fn new(store: Store, web: WebConfig, timezone: Tz) -> HostActions {
         HostActions {
             store,
-            web,
+            web: web::WebFetcher::new(web),
             timezone,
             group_starter: Mutex::new(None),
         }
@@ -339,7 +343,7 @@ impl HostActions {
             .store
             .task(task_id)
             .map_err(internal)?
-            .ok_or_else(|| format!("no task has id {task_id:?}; list_tasks shows the ids"))?;
+            .ok_or_else(|| unknown_task(task_id))?;
         may_manage_task(caller, &task)?;
         Ok(task)
     }
@@ -512,7 +516,7 @@ impl HostActions {
         if max_bytes == Some(0) {
             return Err("max_bytes must be at least 1".into());
         }
-        let fetched = web::fetch(&self.web, url, max_bytes).await?;
+        let fetched = self.web.fetch(url, max_bytes).await?;
         Ok(fetched.to_content())
     }
 
@@ -607,7 +611,7 @@ mod tests {
         let alpha = caller("alpha", false);
         assert_eq!(may_manage_task(&alpha, &task("t1", "alpha")), Ok(()));
         let err = may_manage_task(&alpha, &task("t2", "beta")).unwrap_err();
-        assert!(err.contains("another group"), "{err}");
+        assert_eq!(err, unknown_task("t2"), "refused as if unknown");
         assert_eq!(
             may_manage_task(&caller("main", true), &task("t2", "beta")),
             Ok(())

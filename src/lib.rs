@@ -10,6 +10,7 @@
 //! in [`actors`] receive, decide through them, and act.
 
 pub mod actors;
+pub mod budget;
 pub mod channels;
 pub mod cli;
 pub mod config;
@@ -30,6 +31,7 @@ pub mod prompt;
 pub mod provider;
 pub mod prune;
 pub mod retry;
+pub mod safe_fs;
 pub mod secret;
 pub mod service;
 pub mod singleton;

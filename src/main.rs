@@ -5,6 +5,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = talon::cli::Cli::parse();
+    raise_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -20,6 +21,24 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("talon: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (Go and many daemons do
+/// the same): outside systemd the soft default is often 1024, which a busy
+/// host with several containers should never meet.
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
     }
 }

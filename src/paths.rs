@@ -12,10 +12,14 @@
 //! <home>/data/state-dump.json  SIGUSR1 actor dump
 //! <home>/data/sessions/<f>/    agent transcripts per group
 //! <home>/groups/<f>/           group folder (mounted into its container)
-//! <home>/groups/<f>/logs/      container stderr logs
 //! <home>/groups/global/        memory shared by every group
 //! <home>/logs/                 host logs
+//! <home>/logs/containers/<f>/  container run logs of each group
 //! ```
+//!
+//! Group folders, the global folder and session dirs are mounted writable
+//! into containers, so their contents belong to the agent: nothing the host
+//! writes for itself lives there (run logs used to, in `groups/<f>/logs/`).
 
 use std::path::{Path, PathBuf};
 
@@ -70,7 +74,15 @@ impl Paths {
         self.groups().join(folder)
     }
 
-    pub fn group_logs(&self, folder: &str) -> PathBuf {
+    /// Where the host keeps a group's container run logs: outside every
+    /// mount, so the agent can neither read nor plant anything there.
+    pub fn container_logs(&self, folder: &str) -> PathBuf {
+        self.logs().join("containers").join(folder)
+    }
+
+    /// Where run logs were kept before they moved out of the group folder
+    /// (agent-writable: only ever pruned, symlink-safely).
+    pub fn legacy_group_logs(&self, folder: &str) -> PathBuf {
         self.group_dir(folder).join("logs")
     }
 
@@ -192,7 +204,10 @@ mod tests {
         assert_eq!(paths.state_dump(), PathBuf::from("/h/data/state-dump.json"));
         assert_eq!(paths.groups(), PathBuf::from("/h/groups"));
         assert_eq!(paths.group_dir("fam"), PathBuf::from("/h/groups/fam"));
-        assert_eq!(paths.group_logs("fam"), PathBuf::from("/h/groups/fam/logs"));
+        assert_eq!(
+            paths.container_logs("fam"),
+            PathBuf::from("/h/logs/containers/fam")
+        );
         assert_eq!(paths.global_dir(), PathBuf::from("/h/groups/global"));
         assert_eq!(
             paths.session_dir("fam"),

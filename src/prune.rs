@@ -7,12 +7,20 @@
 //! The decision is pure ([`stale`]); the current transcript of every group
 //! is never a candidate, whatever its age, and archived conversations
 //! (`groups/<folder>/conversations/`) are the user's and never pruned.
+//!
+//! Session dirs (and the run logs' old place inside group folders) are
+//! agent-writable, so everything here goes through [`crate::safe_fs`]: only
+//! regular files directly inside a directory opened without following
+//! links are candidates, and removal unlinks the name, never a target. A
+//! symlink planted for the pruner leads nowhere.
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::paths::Paths;
+use crate::safe_fs::DirHandle;
 use crate::store::Store;
 
 /// How long each kind of artifact is kept after its last change.
@@ -45,30 +53,29 @@ pub fn stale(
         .collect()
 }
 
-/// Files in `dir` (not below) whose name ends with `suffix` and starts
-/// with `prefix`.
+/// Regular files in `dir` (not below, no link followed) whose name ends
+/// with `suffix` and starts with `prefix`.
 fn files(dir: &Path, prefix: &str, suffix: &str, kept_for: Duration) -> Vec<Candidate> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(handle) = DirHandle::open(dir) else {
         return Vec::new();
     };
-    entries
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
+    handle
+        .regular_files()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| {
+            let name = f.name.to_string_lossy();
             name.starts_with(prefix) && name.ends_with(suffix)
         })
-        .filter_map(|e| {
-            let meta = e.metadata().ok().filter(|m| m.is_file())?;
-            Some(Candidate {
-                path: e.path(),
-                modified: meta.modified().ok()?,
-                kept_for,
-            })
+        .map(|f| Candidate {
+            path: dir.join(&f.name),
+            modified: f.modified,
+            kept_for,
         })
         .collect()
 }
 
+/// Real subdirectories of a host-owned directory (a symlink is not one).
 fn subdirs(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .into_iter()
@@ -92,6 +99,10 @@ fn survey(paths: &Paths, store: &Store) -> (Vec<Candidate>, HashSet<PathBuf>) {
             protected.insert(session_dir.join(format!("{}.jsonl", session.session_id)));
         }
     }
+    for logs in subdirs(&paths.logs().join("containers")) {
+        candidates.extend(files(&logs, "container-", ".log", RUN_LOGS_KEPT));
+    }
+    // Run logs from before they moved out of the group folders.
     for group_dir in subdirs(&paths.groups()) {
         candidates.extend(files(
             &group_dir.join("logs"),
@@ -103,6 +114,15 @@ fn survey(paths: &Paths, store: &Store) -> (Vec<Candidate>, HashSet<PathBuf>) {
     (candidates, protected)
 }
 
+/// Unlinks `path`'s name inside its directory, opened without following
+/// links; a name that is no longer a regular file is left alone.
+fn remove_safely(path: &Path) -> std::io::Result<()> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::other("not a file path"));
+    };
+    DirHandle::open(dir)?.remove_file(&OsString::from(name))
+}
+
 /// Removes (or, with `dry_run`, only lists) the stale artifacts under a
 /// home. Returns the paths concerned.
 pub fn prune(paths: &Paths, store: &Store, dry_run: bool) -> Vec<PathBuf> {
@@ -110,7 +130,7 @@ pub fn prune(paths: &Paths, store: &Store, dry_run: bool) -> Vec<PathBuf> {
     let doomed = stale(&candidates, SystemTime::now(), &protected);
     if !dry_run {
         for path in &doomed {
-            if let Err(e) = std::fs::remove_file(path) {
+            if let Err(e) = remove_safely(path) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot prune");
             }
         }
@@ -178,7 +198,7 @@ mod tests {
         let store = Store::open_in_memory().unwrap();
         store.set_session("main", "current", None).unwrap();
         let sessions = paths.session_dir("main");
-        let logs = paths.group_logs("main");
+        let logs = paths.container_logs("main");
         let archive = paths.group_dir("main").join("conversations");
         for d in [&sessions, &logs, &archive] {
             std::fs::create_dir_all(d).unwrap();
@@ -203,5 +223,35 @@ mod tests {
         assert_eq!(removed.len(), 2);
         assert!(!stale_transcript.exists() && !stale_log.exists());
         assert!(current.exists() && archived.exists() && logs.join("container-2.log").exists());
+    }
+
+    #[test]
+    fn planted_symlinks_and_a_symlinked_logs_dir_lead_the_pruner_nowhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::at(dir.path());
+        paths.ensure().unwrap();
+        let store = Store::open_in_memory().unwrap();
+        // What the agent must never reach: files outside every mount.
+        let outside = tempfile::tempdir().unwrap();
+        let victim_log = outside.path().join("container-1.log");
+        let victim_jsonl = outside.path().join("secret.jsonl");
+        let old = SystemTime::now() - 10 * DAY;
+        for victim in [&victim_log, &victim_jsonl] {
+            std::fs::write(victim, "precious").unwrap();
+            let file = std::fs::File::options().write(true).open(victim).unwrap();
+            file.set_modified(old).unwrap();
+        }
+        // A symlinked legacy logs/ dir and a symlinked transcript name.
+        let group = paths.group_dir("alpha");
+        std::fs::create_dir_all(&group).unwrap();
+        std::os::unix::fs::symlink(outside.path(), group.join("logs")).unwrap();
+        let sessions = paths.session_dir("alpha");
+        std::fs::create_dir_all(&sessions).unwrap();
+        std::os::unix::fs::symlink(&victim_jsonl, sessions.join("gone.jsonl")).unwrap();
+
+        let removed = prune(&paths, &store, false);
+        assert!(removed.is_empty(), "{removed:?}");
+        assert_eq!(std::fs::read_to_string(&victim_log).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&victim_jsonl).unwrap(), "precious");
     }
 }

@@ -40,6 +40,9 @@ Restart=on-failure
 RestartSec=5
 # Fed while the router answers; a wedged host is restarted.
 WatchdogSec=60
+# Sockets to providers and platforms, Docker attach streams, the store: the
+# host bounds its in-flight requests ([limits]), and this leaves ample room.
+LimitNOFILE=65536
 
 [Install]
 WantedBy=default.target
@@ -140,6 +143,7 @@ mod tests {
         assert!(text.contains("Type=notify\n"));
         assert!(text.contains("WatchdogSec=60\n"));
         assert!(text.contains("Restart=on-failure\n"));
+        assert!(text.contains("LimitNOFILE=65536\n"));
         assert!(text.contains(
             "ExecStart=\"/usr/local/bin/talon\" --home \"/home/ann/.local/share/talon\" run\n"
         ));

@@ -262,7 +262,7 @@ async fn sighup_applies_a_changed_configuration_and_survives_a_broken_one() {
 fn prune_lists_then_removes_old_run_logs() {
     let home = Home::new();
     let env = vec![("TALON_HOME".to_string(), home.path().display().to_string())];
-    let logs = home.path().join("groups/main/logs");
+    let logs = home.path().join("logs/containers/main");
     std::fs::create_dir_all(&logs).unwrap();
     let old = logs.join("container-1.log");
     std::fs::write(&old, "old run").unwrap();

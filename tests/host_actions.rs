@@ -67,6 +67,28 @@ fn err(result: HostResult) -> String {
     }
 }
 
+/// The same action naming another task id.
+fn with_task_id(action: HostAction, id: &str) -> HostAction {
+    let task_id = id.to_string();
+    match action {
+        HostAction::PauseTask { .. } => HostAction::PauseTask { task_id },
+        HostAction::ResumeTask { .. } => HostAction::ResumeTask { task_id },
+        HostAction::CancelTask { .. } => HostAction::CancelTask { task_id },
+        HostAction::UpdateTask {
+            prompt,
+            schedule_type,
+            schedule_value,
+            ..
+        } => HostAction::UpdateTask {
+            task_id,
+            prompt,
+            schedule_type,
+            schedule_value,
+        },
+        other => other,
+    }
+}
+
 fn schedule(prompt: &str, kind: &str, value: &str, chat: Option<&str>) -> HostAction {
     HostAction::ScheduleTask {
         prompt: prompt.into(),
@@ -285,8 +307,16 @@ async fn groups_manage_only_their_own_tasks() {
             schedule_value: None,
         },
     ] {
-        let message = err(actions.perform(&alpha(), action).await);
-        assert!(message.contains("another group"), "{message}");
+        let refused = err(actions.perform(&alpha(), action.clone()).await);
+        // Refused exactly as an unknown id: nothing tells alpha the id exists.
+        let unknown = err(actions
+            .perform(&alpha(), with_task_id(action, "task-nope"))
+            .await);
+        assert_eq!(
+            refused.replace(&beta_task, "ID"),
+            unknown.replace("task-nope", "ID"),
+            "a foreign task id is refused differently from an unknown one"
+        );
     }
     let untouched = store.task(&beta_task).unwrap().unwrap();
     assert_eq!(untouched.status, TaskStatus::Active);
@@ -300,7 +330,10 @@ async fn groups_manage_only_their_own_tasks() {
             },
         )
         .await);
-    assert!(message.contains("no task has id"), "{message}");
+    assert!(
+        message.contains("no task of this group has id"),
+        "{message}"
+    );
 
     // Listing shows only the caller's tasks; main sees all.
     let listed = ok(actions.perform(&alpha(), HostAction::ListTasks).await);

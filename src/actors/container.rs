@@ -5,8 +5,18 @@
 //! the host's provider (the container holds no credentials and has no
 //! network), forwards output and turn results to its group queue, and owns
 //! the two timers of SPEC §5. The idle timer, reset by every output, sends the
-//! close sentinel; the hard timer kills. When the container exits the actor
-//! writes the run log, removes the container and stops.
+//! close sentinel; the hard timer, reset by any activity (output, progress,
+//! a request or its answer), kills a runner that has gone silent for longer
+//! than the idle close plus its grace, so a working agent is never killed.
+//!
+//! Everything the runner sends is treated as the attacker's (SPEC §8): its
+//! requests are admitted one per permit of a per-container in-flight bound
+//! (the output stream is not read while none is free: backpressure into the
+//! container's own pipe) and of a global one, and counted against the run's
+//! [`RunBudget`] (model calls, tokens, bytes to chats, a host-action rate),
+//! with `max_tokens` clamped to the configured cap. When the container exits the actor
+//! writes the run log (`logs/containers/<folder>/`, outside every mount),
+//! removes the container and stops.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,13 +31,18 @@ use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::actors::group_queue::GroupQueueMsg;
+use crate::budget::{clamp_max_tokens, Limit, RunBudget, RunLimits};
 use crate::docker::{create_body, RunSpec};
 use crate::host_actions::{Caller, HostActions};
 use crate::lines::{Frame, LineSplitter};
-use crate::messages::wire::{self, HostToRunner, RunResult, RunnerToHost, StartRun};
+use crate::messages::wire::{
+    self, ErrorKind, HostAction, HostResult, HostToRunner, ModelFailure, ModelResult, RunResult,
+    RunnerToHost, StartRun,
+};
 use crate::provider::Provider;
 
 /// What the container reports to its group queue.
@@ -62,6 +77,8 @@ pub enum ContainerMsg {
     Inspect(RpcReplyPort<serde_json::Value>),
     // Internal: from the container's own tasks and timers.
     Stdout(RunnerToHost),
+    /// A model or host request, holding its per-container in-flight permit.
+    Request(RunnerToHost, OwnedSemaphorePermit),
     Stderr(String),
     StdoutClosed,
     Exited(Option<i64>),
@@ -74,7 +91,7 @@ pub enum ContainerMsg {
         result: wire::HostResult,
     },
     IdleFired(u64),
-    HardFired,
+    HardFired(u64),
 }
 
 pub struct ContainerArgs {
@@ -84,12 +101,18 @@ pub struct ContainerArgs {
     pub provider: Arc<dyn Provider>,
     pub queue: ActorRef<GroupQueueMsg>,
     pub idle_timeout: Duration,
+    /// Silence (no output, progress or request) after which the runner is killed.
     pub hard_timeout: Duration,
-    pub max_output_bytes: u64,
     pub log_path: PathBuf,
     /// Performs the agent's host requests, as `caller`.
     pub actions: Arc<HostActions>,
     pub caller: Caller,
+    /// What this run may spend (counted by the host, whatever the runner says).
+    pub limits: RunLimits,
+    /// Requests this container may have in flight at once.
+    pub max_inflight: usize,
+    /// Requests in flight across all containers.
+    pub inflight_global: Arc<Semaphore>,
 }
 
 pub struct ContainerState {
@@ -98,8 +121,9 @@ pub struct ContainerState {
     tasks: Vec<JoinHandle<()>>,
     started: Instant,
     idle_generation: u64,
-    output_bytes: u64,
-    output_cut: bool,
+    hard_generation: u64,
+    budget: RunBudget,
+    inflight: Arc<Semaphore>,
     had_output: bool,
     hard_killed: bool,
     close_sent: bool,
@@ -115,12 +139,18 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How much of the runner's stderr the run log keeps.
 const STDERR_KEEP: usize = 64 * 1024;
 
+/// How long a write to the runner's stdin may block. A runner that stops
+/// reading (broken, or flooding requests it never reads answers to) must not
+/// wedge this actor, whose timers would then never fire.
+const STDIN_WRITE_LIMIT: Duration = Duration::from_secs(30);
+
 pub struct ContainerActor;
 
 impl ContainerActor {
     async fn launch(
         args: &ContainerArgs,
         myself: &ActorRef<ContainerMsg>,
+        inflight: Arc<Semaphore>,
     ) -> Result<
         (
             std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
@@ -149,7 +179,7 @@ impl ContainerActor {
             .start_container(name, None)
             .await
             .map_err(|e| format!("cannot start the container: {e}"))?;
-        let reader = tokio::spawn(read_output(attached.output, myself.clone()));
+        let reader = tokio::spawn(read_output(attached.output, myself.clone(), inflight));
         let waiter = tokio::spawn(wait_exit(docker.clone(), name.clone(), myself.clone()));
         Ok((attached.input, vec![reader, waiter]))
     }
@@ -169,10 +199,19 @@ impl ContainerActor {
             stdin.write_all(&line).await?;
             stdin.flush().await
         };
-        if let Err(e) = written.await {
-            // The runner is gone; its exit is reported by the wait task.
-            tracing::debug!(container = %state.args.spec.name, error = %e, "stdin closed");
-            state.stdin = None;
+        match tokio::time::timeout(STDIN_WRITE_LIMIT, written).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // The runner is gone; its exit is reported by the wait task.
+                tracing::debug!(container = %state.args.spec.name, error = %e, "stdin closed");
+                state.stdin = None;
+            }
+            Err(_) => {
+                tracing::warn!(container = %state.args.spec.name,
+                    "the runner has not read its input for {}s; killing it", STDIN_WRITE_LIMIT.as_secs());
+                state.stdin = None;
+                Self::kill(state).await;
+            }
         }
     }
 
@@ -196,6 +235,155 @@ impl ContainerActor {
         myself.send_after(state.args.idle_timeout, move || {
             ContainerMsg::IdleFired(generation)
         });
+    }
+
+    /// Any sign of life: the hard timer counts from the last one.
+    fn touch(state: &mut ContainerState, myself: &ActorRef<ContainerMsg>) {
+        state.hard_generation += 1;
+        let generation = state.hard_generation;
+        myself.send_after(state.args.hard_timeout, move || {
+            ContainerMsg::HardFired(generation)
+        });
+    }
+
+    async fn kill(state: &mut ContainerState) {
+        if state.exit_code.is_some() {
+            return;
+        }
+        let options = KillContainerOptionsBuilder::default()
+            .signal("SIGKILL")
+            .build();
+        if let Err(e) = state
+            .args
+            .docker
+            .kill_container(&state.args.spec.name, Some(options))
+            .await
+        {
+            tracing::warn!(container = %state.args.spec.name, error = %e, "kill failed");
+        }
+    }
+
+    /// A run limit was hit: logged every time, told to the chat once.
+    fn limit_hit(state: &mut ContainerState, limit: Limit) {
+        tracing::warn!(container = %state.args.spec.name, group = %state.args.spec.group_folder,
+            ?limit, "run limit reached; request refused");
+        if state.budget.first_notice(limit) {
+            let text = limit.notice(state.budget.limits());
+            let _ = state
+                .args
+                .queue
+                .cast(GroupQueueMsg::Container(ContainerEvent::Output { text }));
+        }
+    }
+
+    /// Admits, clamps and starts one model or host request; a refused one
+    /// is answered at once with the reason.
+    async fn on_request(
+        state: &mut ContainerState,
+        myself: &ActorRef<ContainerMsg>,
+        request: RunnerToHost,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let global = state.args.inflight_global.clone();
+        let me = myself.clone();
+        match request {
+            RunnerToHost::ModelRequest {
+                request_id,
+                mut request,
+            } => {
+                if let Err(limit) = state.budget.admit_model_call() {
+                    Self::limit_hit(state, limit);
+                    let failure = ModelFailure {
+                        kind: ErrorKind::Permanent,
+                        message: limit.refusal(state.budget.limits()),
+                    };
+                    let result = ModelResult::Error(failure);
+                    Self::send(state, &HostToRunner::ModelResponse { request_id, result }).await;
+                    return;
+                }
+                request.max_tokens = clamp_max_tokens(
+                    request.max_tokens,
+                    state.budget.limits().max_tokens_per_call,
+                );
+                let provider = state.args.provider.clone();
+                state.tasks.retain(|t| !t.is_finished());
+                state.tasks.push(tokio::spawn(async move {
+                    let _own = permit;
+                    let _global = global.acquire_owned().await;
+                    let result = match provider.complete(request).await {
+                        Ok(reply) => wire::ModelResult::Ok(reply),
+                        Err(failure) => wire::ModelResult::Error(failure),
+                    };
+                    let _ = me.cast(ContainerMsg::ModelAnswered { request_id, result });
+                }));
+            }
+            RunnerToHost::HostRequest { request_id, action } => {
+                let admitted = state
+                    .budget
+                    .admit_host_action(Instant::now())
+                    .and_then(|()| match &action {
+                        HostAction::SendMessage { text, .. } => {
+                            state.budget.admit_output(text.len() as u64)
+                        }
+                        _ => Ok(()),
+                    });
+                if let Err(limit) = admitted {
+                    Self::limit_hit(state, limit);
+                    let result = HostResult::Error {
+                        message: limit.refusal(state.budget.limits()),
+                    };
+                    Self::send(state, &HostToRunner::HostResponse { request_id, result }).await;
+                    return;
+                }
+                // Authorised by who this container is, never by the request.
+                let actions = state.args.actions.clone();
+                let caller = state.args.caller.clone();
+                state.tasks.retain(|t| !t.is_finished());
+                state.tasks.push(tokio::spawn(async move {
+                    let _own = permit;
+                    let _global = global.acquire_owned().await;
+                    let result = actions.perform(&caller, action).await;
+                    let _ = me.cast(ContainerMsg::HostAnswered { request_id, result });
+                }));
+            }
+            other => {
+                // Only requests take a permit; anything else is handled as usual.
+                drop(permit);
+                Self::on_stdout(state, myself, other);
+            }
+        }
+    }
+
+    /// Output, progress and turn results.
+    fn on_stdout(state: &mut ContainerState, myself: &ActorRef<ContainerMsg>, line: RunnerToHost) {
+        match line {
+            RunnerToHost::Output { text } => {
+                Self::arm_idle(state, myself);
+                state.had_output = true;
+                match state.budget.admit_output(text.len() as u64) {
+                    Ok(()) => {
+                        let _ = state
+                            .args
+                            .queue
+                            .cast(GroupQueueMsg::Container(ContainerEvent::Output { text }));
+                    }
+                    Err(limit) => Self::limit_hit(state, limit),
+                }
+            }
+            RunnerToHost::Progress { .. } => Self::arm_idle(state, myself),
+            RunnerToHost::Result(result) => {
+                Self::arm_idle(state, myself);
+                let _ = state
+                    .args
+                    .queue
+                    .cast(GroupQueueMsg::Container(ContainerEvent::TurnDone(result)));
+            }
+            RunnerToHost::ModelRequest { request_id, .. }
+            | RunnerToHost::HostRequest { request_id, .. } => {
+                // Requests arrive as `Request`, with a permit; never here.
+                tracing::warn!(container = %state.args.spec.name, request_id, "a request without an in-flight permit; ignored");
+            }
+        }
     }
 
     async fn remove(state: &mut ContainerState) {
@@ -237,7 +425,8 @@ impl ContainerActor {
         };
         let text = format!(
             "container: {}\nimage: {}\ngroup: {}\nstarted: {}\nduration_ms: {}\nexit_code: {}\n\
-             hard_killed: {}\noutput_bytes: {}{}\nmounts:\n  {}\ninput ({} chars): {}\n\n--- stderr ---\n{}\n",
+             hard_killed: {}\noutput_bytes: {}{}\nmodel_calls: {}\ntokens: {}\nmounts:\n  {}\n\
+             input ({} chars): {}\n\n--- stderr ---\n{}\n",
             args.spec.name,
             args.spec.image,
             args.spec.group_folder,
@@ -247,17 +436,28 @@ impl ContainerActor {
             state.started.elapsed().as_millis(),
             exit,
             state.hard_killed,
-            state.output_bytes,
-            if state.output_cut { " (cut at the output cap)" } else { "" },
+            state.budget.output_bytes(),
+            if state.budget.hit(Limit::Output) {
+                " (cut at the output cap)"
+            } else {
+                ""
+            },
+            state.budget.model_calls(),
+            state.budget.tokens(),
             mounts.join("\n  "),
             prompt.chars().count(),
             summary,
             state.stderr_tail,
         );
-        if let Some(dir) = args.log_path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        if let Err(e) = std::fs::write(&args.log_path, text) {
+        // The log lives outside every mount (`logs/containers/<folder>/`);
+        // still, never follow a link or reuse a file that is already there.
+        let written = args
+            .log_path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| crate::safe_fs::create_new_private(&args.log_path))
+            .and_then(|mut file| std::io::Write::write_all(&mut file, text.as_bytes()));
+        if let Err(e) = written {
             tracing::warn!(path = %args.log_path.display(), error = %e, "cannot write the run log");
         }
     }
@@ -293,14 +493,17 @@ impl Actor for ContainerActor {
         args: ContainerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         crate::dump::register_inspectable(&myself, "container", ContainerMsg::Inspect);
+        let limits = args.limits;
+        let max_inflight = args.max_inflight.max(1);
         let mut state = ContainerState {
             args,
             stdin: None,
             tasks: Vec::new(),
             started: Instant::now(),
             idle_generation: 0,
-            output_bytes: 0,
-            output_cut: false,
+            hard_generation: 0,
+            budget: RunBudget::new(limits, Instant::now()),
+            inflight: Arc::new(Semaphore::new(max_inflight)),
             had_output: false,
             hard_killed: false,
             close_sent: false,
@@ -309,7 +512,7 @@ impl Actor for ContainerActor {
             stderr_tail: String::new(),
             removed: false,
         };
-        match Self::launch(&state.args, &myself).await {
+        match Self::launch(&state.args, &myself, state.inflight.clone()).await {
             Ok((stdin, tasks)) => {
                 state.stdin = Some(stdin);
                 state.tasks = tasks;
@@ -336,7 +539,7 @@ impl Actor for ContainerActor {
         let start = HostToRunner::Start(state.args.start.clone());
         Self::send(&mut state, &start).await;
         Self::arm_idle(&mut state, &myself);
-        myself.send_after(state.args.hard_timeout, || ContainerMsg::HardFired);
+        Self::touch(&mut state, &myself);
         tracing::info!(container = %state.args.spec.name, "container started");
         Ok(state)
     }
@@ -357,72 +560,34 @@ impl Actor for ContainerActor {
                     "container": state.args.spec.name,
                     "group": state.args.spec.group_folder,
                     "running_for_ms": state.started.elapsed().as_millis() as u64,
-                    "output_bytes": state.output_bytes,
+                    "output_bytes": state.budget.output_bytes(),
+                    "model_calls": state.budget.model_calls(),
+                    "tokens": state.budget.tokens(),
+                    "requests_in_flight": state.args.max_inflight.max(1) - state.inflight.available_permits(),
                     "close_sent": state.close_sent,
                     "idle_timeout_ms": state.args.idle_timeout.as_millis() as u64,
                     "hard_timeout_ms": state.args.hard_timeout.as_millis() as u64,
                 }));
             }
-            ContainerMsg::Stdout(line) => match line {
-                RunnerToHost::Output { text } => {
-                    Self::arm_idle(state, &myself);
-                    state.had_output = true;
-                    state.output_bytes += text.len() as u64;
-                    if state.output_bytes > state.args.max_output_bytes {
-                        if !state.output_cut {
-                            state.output_cut = true;
-                            tracing::warn!(container = %state.args.spec.name, "output cap reached; further output dropped");
-                            let note = "[talon: the agent's output was cut at the output cap]";
-                            let _ = state.args.queue.cast(GroupQueueMsg::Container(
-                                ContainerEvent::Output { text: note.into() },
-                            ));
-                        }
-                    } else {
-                        let _ = state
-                            .args
-                            .queue
-                            .cast(GroupQueueMsg::Container(ContainerEvent::Output { text }));
-                    }
-                }
-                RunnerToHost::Progress { .. } => Self::arm_idle(state, &myself),
-                RunnerToHost::ModelRequest {
-                    request_id,
-                    request,
-                } => {
-                    let provider = state.args.provider.clone();
-                    let me = myself.clone();
-                    state.tasks.retain(|t| !t.is_finished());
-                    state.tasks.push(tokio::spawn(async move {
-                        let result = match provider.complete(request).await {
-                            Ok(reply) => wire::ModelResult::Ok(reply),
-                            Err(failure) => wire::ModelResult::Error(failure),
-                        };
-                        let _ = me.cast(ContainerMsg::ModelAnswered { request_id, result });
-                    }));
-                }
-                RunnerToHost::HostRequest { request_id, action } => {
-                    // Authorised by who this container is, never by the request.
-                    let actions = state.args.actions.clone();
-                    let caller = state.args.caller.clone();
-                    let me = myself.clone();
-                    state.tasks.retain(|t| !t.is_finished());
-                    state.tasks.push(tokio::spawn(async move {
-                        let result = actions.perform(&caller, action).await;
-                        let _ = me.cast(ContainerMsg::HostAnswered { request_id, result });
-                    }));
-                }
-                RunnerToHost::Result(result) => {
-                    Self::arm_idle(state, &myself);
-                    let _ = state
-                        .args
-                        .queue
-                        .cast(GroupQueueMsg::Container(ContainerEvent::TurnDone(result)));
-                }
-            },
+            ContainerMsg::Stdout(line) => {
+                Self::touch(state, &myself);
+                Self::on_stdout(state, &myself, line);
+            }
+            ContainerMsg::Request(request, permit) => {
+                Self::touch(state, &myself);
+                Self::on_request(state, &myself, request, permit).await;
+            }
             ContainerMsg::HostAnswered { request_id, result } => {
+                Self::touch(state, &myself);
                 Self::send(state, &HostToRunner::HostResponse { request_id, result }).await;
             }
             ContainerMsg::ModelAnswered { request_id, result } => {
+                Self::touch(state, &myself);
+                if let ModelResult::Ok(reply) = &result {
+                    state
+                        .budget
+                        .record_tokens(reply.input_tokens, reply.output_tokens);
+                }
                 Self::send(state, &HostToRunner::ModelResponse { request_id, result }).await;
             }
             ContainerMsg::Stderr(text) => {
@@ -446,21 +611,12 @@ impl Actor for ContainerActor {
                     Self::close(state).await;
                 }
             }
-            ContainerMsg::HardFired => {
-                if state.exit_code.is_none() {
-                    tracing::warn!(container = %state.args.spec.name, "hard timeout: killing");
+            ContainerMsg::HardFired(generation) => {
+                if generation == state.hard_generation && state.exit_code.is_none() {
+                    tracing::warn!(container = %state.args.spec.name,
+                        silent_for_s = state.args.hard_timeout.as_secs(), "hard timeout: killing a silent runner");
                     state.hard_killed = true;
-                    let options = KillContainerOptionsBuilder::default()
-                        .signal("SIGKILL")
-                        .build();
-                    if let Err(e) = state
-                        .args
-                        .docker
-                        .kill_container(&state.args.spec.name, Some(options))
-                        .await
-                    {
-                        tracing::warn!(container = %state.args.spec.name, error = %e, "kill failed");
-                    }
+                    Self::kill(state).await;
                 }
             }
         }
@@ -500,6 +656,8 @@ impl Actor for ContainerActor {
 }
 
 /// Splits the attached output into protocol lines; stderr goes to the log.
+/// A request line waits here for a permit of `inflight`, so a runner that
+/// floods requests is simply not read: its pipe fills and it blocks.
 async fn read_output(
     mut output: std::pin::Pin<
         Box<
@@ -509,6 +667,7 @@ async fn read_output(
         >,
     >,
     actor: ActorRef<ContainerMsg>,
+    inflight: Arc<Semaphore>,
 ) {
     let mut lines = LineSplitter::new(wire::MAX_LINE_BYTES);
     while let Some(item) = output.next().await {
@@ -516,7 +675,11 @@ async fn read_output(
             Ok(bollard::container::LogOutput::StdOut { message }) => {
                 for line in lines.push(&message) {
                     match line {
-                        Frame::Line(bytes) => forward_line(&bytes, &actor),
+                        Frame::Line(bytes) => {
+                            if forward_line(&bytes, &actor, &inflight).await.is_err() {
+                                return; // the actor is gone
+                            }
+                        }
                         Frame::TooLong(len) => tracing::warn!(
                             bytes = len,
                             "runner line over the protocol limit; discarded"
@@ -539,19 +702,30 @@ async fn read_output(
     let _ = actor.cast(ContainerMsg::StdoutClosed);
 }
 
-fn forward_line(bytes: &[u8], actor: &ActorRef<ContainerMsg>) {
+async fn forward_line(
+    bytes: &[u8],
+    actor: &ActorRef<ContainerMsg>,
+    inflight: &Arc<Semaphore>,
+) -> Result<(), ()> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return;
+        return Ok(());
     }
-    match serde_json::from_slice::<RunnerToHost>(bytes) {
-        Ok(message) => {
-            let _ = actor.cast(ContainerMsg::Stdout(message));
-        }
+    let message = match serde_json::from_slice::<RunnerToHost>(bytes) {
+        Ok(message) => message,
         Err(e) => {
             let preview: String = String::from_utf8_lossy(bytes).chars().take(200).collect();
             tracing::warn!(error = %e, line = %preview, "runner line is not a protocol message; skipped");
+            return Ok(());
         }
-    }
+    };
+    let sent = match message {
+        RunnerToHost::ModelRequest { .. } | RunnerToHost::HostRequest { .. } => {
+            let permit = inflight.clone().acquire_owned().await.map_err(|_| ())?;
+            actor.cast(ContainerMsg::Request(message, permit))
+        }
+        other => actor.cast(ContainerMsg::Stdout(other)),
+    };
+    sent.map_err(|_| ())
 }
 
 async fn wait_exit(docker: Docker, name: String, actor: ActorRef<ContainerMsg>) {

@@ -110,13 +110,18 @@ pub struct GroupQueueState {
 
 pub struct GroupQueue;
 
-/// The prompt of a scheduled task run.
-pub fn task_prompt(task_id: &str, prompt: &str) -> String {
-    format!(
-        "<scheduled_task id=\"{}\">{}</scheduled_task>",
-        crate::prompt::escape_xml(task_id),
-        crate::prompt::escape_xml(prompt)
-    )
+/// The prompt of a scheduled task run, at most `max_wire_bytes` encoded:
+/// a longer task prompt (the agent wrote it) is cut, with a note.
+pub fn task_prompt(task_id: &str, prompt: &str, max_wire_bytes: usize) -> String {
+    use crate::prompt::{escape_within, escape_xml, wire_len};
+    const CUT: &str = "[talon: the rest of this task's prompt was cut: over the prompt size limit]";
+    let id = escape_xml(task_id);
+    let frame = wire_len(&id) + wire_len(CUT) + 48;
+    let (mut body, cut) = escape_within(prompt, max_wire_bytes.saturating_sub(frame));
+    if cut {
+        body.push_str(CUT);
+    }
+    format!("<scheduled_task id=\"{id}\">{body}</scheduled_task>")
 }
 
 /// How many pending messages a queue looks through for one that wakes the agent.
@@ -177,13 +182,21 @@ impl GroupQueue {
     }
 
     fn prompt_for(state: &GroupQueueState, batch: &[StoredMessage]) -> String {
-        crate::prompt::format_prompt(batch, state.ctx.timezone)
+        crate::prompt::format_prompt_within(
+            batch,
+            state.ctx.timezone,
+            state.ctx.config.limits.max_prompt_bytes,
+        )
     }
 
     /// The next work for the agent: a due task first, else a message batch.
     fn take_work(state: &mut GroupQueueState) -> Result<Option<String>, ActorProcessingErr> {
         if let Some(task) = state.due_tasks.pop_front() {
-            let prompt = task_prompt(&task.task_id, &task.prompt);
+            let prompt = task_prompt(
+                &task.task_id,
+                &task.prompt,
+                state.ctx.config.limits.max_prompt_bytes,
+            );
             state.task_in_flight = Some(RunningTask {
                 task_id: task.task_id,
                 output: String::new(),
@@ -315,7 +328,7 @@ impl GroupQueue {
         let spec = plan.spec;
         let log_path = ctx
             .paths
-            .group_logs(&group.folder)
+            .container_logs(&group.folder)
             .join(format!("container-{now}.log"));
         let container_name = spec.name.clone();
         let args = ContainerArgs {
@@ -326,7 +339,6 @@ impl GroupQueue {
             queue: myself.clone(),
             idle_timeout: ctx.config.container.idle_timeout,
             hard_timeout: plan.hard_timeout,
-            max_output_bytes: ctx.config.container.max_output_bytes,
             log_path,
             actions: ctx.actions.clone(),
             caller: crate::host_actions::Caller {
@@ -334,6 +346,13 @@ impl GroupQueue {
                 chat_id: group.chat_id.clone(),
                 is_main: group.is_main,
             },
+            limits: crate::budget::RunLimits::new(
+                &ctx.config.limits,
+                ctx.config.provider.max_tokens,
+                ctx.config.container.max_output_bytes,
+            ),
+            max_inflight: ctx.config.limits.max_inflight_per_container,
+            inflight_global: ctx.inflight.clone(),
         };
         let (container, _) = Actor::spawn_linked(
             Some(format!("container:{container_name}")),
@@ -747,6 +766,18 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_prompt_is_escaped_and_cut_to_the_limit() {
+        assert_eq!(
+            task_prompt("t1", "say <hi>", 10_000),
+            "<scheduled_task id=\"t1\">say &lt;hi&gt;</scheduled_task>"
+        );
+        let long = task_prompt("t1", &"&".repeat(100_000), 5_000);
+        let encoded = serde_json::to_string(&long).unwrap().len();
+        assert!(encoded <= 5_000, "{encoded}");
+        assert!(long.contains("prompt was cut") && long.ends_with("</scheduled_task>"));
+    }
 
     fn pending(texts: &[&str]) -> Vec<StoredMessage> {
         texts

@@ -236,7 +236,7 @@ pub async fn derived_image(docker: &Docker, tag: &str, dockerfile_tail: &str) {
 
 /// The run logs of a group, oldest first.
 pub fn run_logs(home: &Path, folder: &str) -> Vec<String> {
-    let dir = home.join("groups").join(folder).join("logs");
+    let dir = home.join("logs").join("containers").join(folder);
     let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
