@@ -145,6 +145,7 @@ fn start_line(prompt: &str) -> HostToRunner {
         prompt: prompt.into(),
         assistant_name: "Talon".into(),
         timezone: "UTC".into(),
+        heartbeat_ms: None,
     })
 }
 

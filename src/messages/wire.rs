@@ -52,6 +52,11 @@ pub struct StartRun {
     pub prompt: String,
     pub assistant_name: String,
     pub timezone: String,
+    /// How often the runner says it is alive while a long tool runs. The
+    /// host kills a runner silent for its hard timeout, so it asks for a
+    /// heartbeat well inside it. `None`: the runner's own default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
 }
 
 /// What the runner sends to the host.
@@ -150,6 +155,13 @@ pub enum ContentBlock {
     },
 }
 
+/// The one key of a `tool_use` input the host writes when the model's call
+/// could not be read (an OpenAI-compatible call whose arguments were not a
+/// JSON object); its value says why, in words for the model. The input stays
+/// an object, so every provider accepts the transcript later, and the runner
+/// answers such a call with that error instead of running the tool.
+pub const INVALID_TOOL_INPUT_KEY: &str = "talon_invalid_arguments";
+
 /// The host's answer to a model request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -162,6 +174,9 @@ pub enum ModelResult {
 pub struct ModelReply {
     pub id: String,
     pub content: Vec<ContentBlock>,
+    /// Anthropic's words whichever provider answered: `end_turn`,
+    /// `tool_use`, `max_tokens`, `pause_turn`, `refusal`, `stop_sequence`,
+    /// plus `content_filter` for an OpenAI-compatible filter stop.
     pub stop_reason: Option<String>,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -186,6 +201,9 @@ pub enum ErrorKind {
     Auth,
     /// Anything else a retry cannot fix (400, unknown model, malformed reply).
     Permanent,
+    /// The provider cannot be reached at all: its circuit is open. The host
+    /// pauses the batch (no retry spent) until a probe gets an answer.
+    Unavailable,
 }
 
 /// Something the agent asks the host to do on its behalf.
@@ -287,6 +305,7 @@ mod tests {
             prompt: "<messages/>".into(),
             assistant_name: "Talon".into(),
             timezone: "UTC".into(),
+            heartbeat_ms: None,
         });
         let line = encode_line(&start).unwrap();
         assert_eq!(line.last(), Some(&b'\n'));

@@ -2,14 +2,18 @@
 //! tools themselves (shell, files, list, glob, grep).
 //!
 //! Container tools run right here, synchronously, against a [`ToolContext`]
-//! (working directory and allowed roots), so tests point them at a temp dir.
+//! (working directory and allowed roots), so tests point them at a temp dir;
+//! the runner calls them on a thread of their own. The shell is spawned with
+//! null stdin and its own pipes, never the runner's stdio (the protocol
+//! stream), and registered with [`crate::pid1`] so the orphan reaper leaves
+//! it to its own wait.
 //! Host tools (messages, tasks, groups, web fetch) are only *translated* here
 //! into a [`HostAction`]; the runner sends it to the host, which alone decides
 //! what is allowed. Paths are confined to the container's mounts lexically:
 //! the read-only root and the mounts are the real boundary, this check is
 //! defence in depth and gives the model a clear error instead of EACCES.
 
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -430,25 +434,28 @@ fn kill_group(pid: u32) {
 
 /// Reads a pipe to its end on a thread, keeping only the first bytes: a
 /// chatty command must not stall on a full pipe, nor grow the runner.
-fn drain(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<(Vec<u8>, usize)> {
+/// Fails only when no thread can be started (the pids limit counts threads).
+fn drain(mut pipe: impl Read + Send + 'static) -> io::Result<mpsc::Receiver<(Vec<u8>, usize)>> {
     let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut total = 0usize;
-        let mut buf = [0u8; 8192];
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    total += n;
-                    let room = (MAX_OUTPUT_BYTES + 1).saturating_sub(kept.len());
-                    kept.extend_from_slice(&buf[..n.min(room)]);
+    std::thread::Builder::new()
+        .name("tool-pipe".into())
+        .spawn(move || {
+            let mut kept = Vec::new();
+            let mut total = 0usize;
+            let mut buf = [0u8; 8192];
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        total += n;
+                        let room = (MAX_OUTPUT_BYTES + 1).saturating_sub(kept.len());
+                        kept.extend_from_slice(&buf[..n.min(room)]);
+                    }
                 }
             }
-        }
-        let _ = sender.send((kept, total));
-    });
-    receiver
+            let _ = sender.send((kept, total));
+        })?;
+    Ok(receiver)
 }
 
 fn bash(ctx: &ToolContext, input: &Value) -> Result<ToolOutput, String> {
@@ -461,19 +468,31 @@ fn bash(ctx: &ToolContext, input: &Value) -> Result<ToolOutput, String> {
         }
         _ => ctx.default_timeout,
     };
-    let mut child = Command::new("/bin/sh")
+    let mut shell = Command::new("/bin/sh");
+    shell
         .arg("-c")
         .arg(command)
         .current_dir(&ctx.workdir)
+        // Never the runner's own stdio: fd 0 and 1 are the protocol stream.
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own process group, so a timeout kills the command's children too.
-        .process_group(0)
-        .spawn()
+        .process_group(0);
+    // Registered until it is waited, so the PID-1 reaper leaves it to `child`.
+    let (mut child, _registration) = crate::pid1::spawn_own(&mut shell)
         .map_err(|e| format!("could not start /bin/sh in {}: {e}", ctx.workdir.display()))?;
-    let stdout = child.stdout.take().map(drain);
-    let stderr = child.stderr.take().map(drain);
+    let stdout = child.stdout.take().map(drain).transpose();
+    let stderr = child.stderr.take().map(drain).transpose();
+    let (stdout, stderr) = match (stdout, stderr) {
+        (Ok(stdout), Ok(stderr)) => (stdout, stderr),
+        (Err(e), _) | (_, Err(e)) => {
+            // Unread, the command would stall on a full pipe: stop it now.
+            kill_group(child.id());
+            let _ = child.wait();
+            return Err(format!("could not read the command's output: {e}"));
+        }
+    };
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
@@ -969,6 +988,28 @@ mod tests {
         assert!(failed.is_error);
         assert!(failed.content.contains("[stderr]\noops"), "{failed:?}");
         assert!(failed.content.contains("[exit code: 3]"));
+    }
+
+    #[test]
+    fn bash_gets_null_stdin_and_its_own_pipes_never_the_runners_stdio() {
+        let (_dir, ctx) = setup();
+        let fds = run_local(
+            &ctx,
+            "bash",
+            &json!({"command": "for fd in 0 1 2; do readlink /proc/self/fd/$fd; done"}),
+        );
+        let links: Vec<&str> = fds.content.lines().collect();
+        assert_eq!(links.len(), 3, "{fds:?}");
+        assert_eq!(links[0], "/dev/null");
+        assert!(links[1].starts_with("pipe:") && links[2].starts_with("pipe:"));
+        assert_ne!(links[1], links[2]);
+        // Not the test process's own stdio either (the runner's, in the container).
+        for fd in 0..=2 {
+            if let Ok(ours) = std::fs::read_link(format!("/proc/self/fd/{fd}")) {
+                let ours = ours.to_string_lossy();
+                assert!(!links[1..].contains(&ours.as_ref()), "fd {fd}: {ours}");
+            }
+        }
     }
 
     #[test]
