@@ -710,6 +710,29 @@ impl Store {
         Ok(())
     }
 
+    /// Marks `outbox_id` sent if it is still unsent and its chat passes
+    /// `belongs`: how a channel takes a client's acknowledgement, which must
+    /// never touch another channel's rows. Whether it marked the row.
+    pub fn mark_sent_if(&self, outbox_id: i64, belongs: impl Fn(&str) -> bool) -> Result<bool> {
+        let conn = self.conn()?;
+        // One guard over both statements: nothing in this process marks the
+        // row in between (and the UPDATE's own check covers other processes).
+        let chat: Option<String> = conn
+            .query_row(
+                "SELECT chat_id FROM outbox WHERE id = ?1 AND sent_at IS NULL",
+                [outbox_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match chat {
+            Some(chat) if belongs(&chat) => Ok(conn.execute(
+                "UPDATE outbox SET sent_at = ?2 WHERE id = ?1 AND sent_at IS NULL",
+                params![outbox_id, now_millis()],
+            )? > 0),
+            _ => Ok(false),
+        }
+    }
+
     /// Outbox rows not yet delivered, oldest first.
     pub fn unsent_outbox(&self) -> Result<Vec<OutboxRow>> {
         let conn = self.conn()?;
@@ -1141,6 +1164,23 @@ mod tests {
         store.mark_sent(row.id).unwrap();
         assert!(store.unsent_outbox().unwrap().is_empty());
         assert!(store.messages_after("c", s2, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_conditional_mark_touches_only_unsent_rows_that_belong() {
+        let store = Store::open_in_memory().unwrap();
+        let mine = store.record_notice("sock:a", "a", "one").unwrap();
+        let theirs = store.record_notice("term:local", "t", "two").unwrap();
+        let is_sock = |chat: &str| chat.starts_with("sock:");
+        assert!(!store.mark_sent_if(theirs.id, is_sock).unwrap());
+        assert!(!store
+            .mark_sent_if(mine.id + theirs.id + 1, is_sock)
+            .unwrap());
+        assert_eq!(store.unsent_outbox().unwrap().len(), 2);
+        assert!(store.mark_sent_if(mine.id, is_sock).unwrap());
+        // Already sent: nothing more to mark.
+        assert!(!store.mark_sent_if(mine.id, is_sock).unwrap());
+        assert_eq!(store.unsent_outbox().unwrap(), vec![theirs]);
     }
 
     #[test]

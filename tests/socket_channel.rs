@@ -1,7 +1,8 @@
 //! The local socket channel through the real binary (`talon run`), the real
 //! Docker engine and agent image, and a fake model: a message in, the reply
-//! line out; refused lines; and a reply made while no client was connected,
-//! handed to the next client that connects.
+//! line out; refused lines; a reply made while no client was connected,
+//! handed to the next client that connects; and at-least-once delivery: a
+//! reply counts as sent only once a client acknowledges its `outbox_id`.
 
 #[path = "support/socket_client.rs"]
 mod socket_client;
@@ -148,7 +149,8 @@ async fn socket_clients_get_replies_and_what_they_missed() {
     assert_eq!(held.len(), 1, "{held:?}");
     assert_eq!(held[0].text, "reply to: slow one");
 
-    // The next client is handed it at once, and then it counts as sent.
+    // The next client is handed it at once, and once it acks (the test
+    // client does) it counts as sent.
     let mut third = connect(&socket, LIMIT).await;
     let (missed, before) = third.until("reply", LIMIT).await;
     assert!(before.is_empty(), "{before:?}");
@@ -188,6 +190,102 @@ async fn socket_clients_get_replies_and_what_they_missed() {
     }
     assert!(!socket.exists(), "the socket file was left behind");
     assert!(talon_containers(home.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_comes_again_until_a_client_acknowledges_it() {
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
+    let model = model().await;
+    let home = Home::new();
+    let paths = home.paths();
+    let mut env = host_env(home.path(), &model.base_url);
+    env.push(("TALON_CHANNELS_SOCKET".into(), "true".into()));
+    let socket = home.path().join("data/talon.sock");
+    let added = talon(&env)
+        .args([
+            "groups",
+            "add",
+            "sock:b",
+            "--name",
+            "B",
+            "--folder",
+            "b",
+            "--no-trigger",
+        ])
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{}", stderr_of(&added));
+    let mut daemon = spawn_daemon(&env);
+    let stderr = collect_stderr(&mut daemon);
+    let store = talon::store::Store::open(&paths.db()).unwrap();
+    let unsent = || -> Vec<i64> {
+        store
+            .unsent_outbox()
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect()
+    };
+
+    // The reply arrives; the client drops the connection before acking.
+    let mut client = connect(&socket, LIMIT).await;
+    client.set_auto_ack(false);
+    assert!(client.send("sock:b", "1", "hello").await);
+    let (reply, _) = client.until("reply", LIMIT).await;
+    assert_eq!(reply["text"], "reply to: hello", "{reply}");
+    let id = reply["outbox_id"].as_i64().expect("an outbox id");
+    assert_eq!(unsent(), vec![id], "a reply written but not acked is owed");
+
+    // On reconnect it comes again, the same row; still not acked, so once
+    // more on the next connect.
+    let mut client = client.reconnect(&socket, LIMIT).await;
+    for round in 0..2 {
+        let again = loop {
+            match client.read(LIMIT).await {
+                Read::Repeat(again) => break again,
+                // The settled line may have reached this connection.
+                Read::Line(line) if line["type"] == "settled" => continue,
+                other => panic!("connect {round}: expected the reply again, got {other:?}"),
+            }
+        };
+        assert_eq!(again, reply);
+        assert_eq!(unsent(), vec![id]);
+        client = client.reconnect(&socket, LIMIT).await;
+    }
+
+    // This time it is acked (on the connection that got it), and so sent.
+    client.set_auto_ack(true);
+    match client.read(LIMIT).await {
+        Read::Repeat(again) => assert_eq!(again["outbox_id"], id),
+        other => panic!("expected the reply again, got {other:?}"),
+    }
+    wait_until("the ack to mark the reply sent", LIMIT, || {
+        unsent().is_empty()
+    })
+    .await;
+    // Never again: the next connect is handed nothing.
+    let mut client = client.reconnect(&socket, LIMIT).await;
+    match client.read(Duration::from_millis(500)).await {
+        Read::Nothing => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    let hellos = model
+        .requests()
+        .iter()
+        .filter(|r| last_message_text(&last_user_text(&r.body)) == "hello")
+        .count();
+    assert_eq!(hellos, 1, "one message, one agent run");
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let status = daemon.wait().unwrap();
+    assert!(
+        status.success(),
+        "exit {status:?}: {:?}",
+        stderr.lock().unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,28 +5,37 @@
 //! Three parts. The *accept loop* and, per client, a *reader* and a *writer*
 //! task run outside the actor's handler, so reading never waits on delivery
 //! and one slow client cannot stall the others for long: readers turn lines
-//! into inbound messages for the router, writers put lines on the wire and
-//! say whether they got there. They end with the actor (a restarted actor
-//! listens afresh; clients reconnect and resend what was not answered, which
-//! the store recognises as repeats). The *actor* owns the set of clients:
-//! it writes each outbox row to every connected client and marks it sent
-//! only once at least one client took it, so with nobody connected a reply
-//! stays in the outbox, and a client that connects later is handed every
-//! unsent reply of a socket chat.
+//! into inbound messages for the router (and acks into marks in the store),
+//! writers put lines on the wire and
+//! end a connection whose writes fail. They end with the actor (a restarted
+//! actor listens afresh; clients reconnect and resend what was not answered,
+//! which the store recognises as repeats). The *actor* owns the set of
+//! clients: it writes each outbox row to every connected client, once per
+//! client.
+//!
+//! Delivery is at-least-once: a row is marked sent only when a client
+//! acknowledges its `outbox_id` (the reader takes the ack straight to the
+//! store, for `sock:` rows only). A written line proves nothing, since the
+//! client may be gone before it reads it; so an unacknowledged row stays in
+//! the outbox, and every client that connects is handed every unsent row of
+//! a socket chat, again. Clients dedupe by `outbox_id`.
 //!
 //! The actor's messages are the shared channel contract ([`ChannelMsg`]),
 //! which has no word for "a client connected"; new clients therefore reach
 //! the actor on a side queue it drains before handling any message, and the
 //! accept loop follows each arrival with a `Deliver` of the unsent rows.
+//! Each client remembers (boundedly) which rows it was written, so a row
+//! handed over twice (by its queue and by a backlog) reaches it once.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
@@ -36,10 +45,10 @@ use crate::channels::{submit_to_router, RecentKeys};
 use crate::lines::{Frame, LineSplitter};
 use crate::messages::channel::ChannelMsg;
 use crate::messages::socket::{
-    is_socket_chat, parse_client_line, to_inbound, TalonLine, MAX_CLIENT_LINE_BYTES,
+    is_socket_chat, parse_client_line, to_inbound, ClientLine, TalonLine, MAX_CLIENT_LINE_BYTES,
 };
 use crate::paths::Paths;
-use crate::store::Store;
+use crate::store::{OutboxRow, Store};
 
 /// The socket's place in a talon home.
 pub fn socket_path(paths: &Paths) -> PathBuf {
@@ -48,14 +57,11 @@ pub fn socket_path(paths: &Paths) -> PathBuf {
 
 /// How long one line may take to reach a client before it counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the actor waits for a writer's answer (it may have lines queued
-/// before ours, each bounded by [`WRITE_TIMEOUT`]).
-const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines waiting for one client; beyond this it is too far behind to feed.
 const CLIENT_QUEUE: usize = 1024;
-/// Outbox ids remembered as written, so a row handed over twice (by its
-/// queue and by a connect's backlog) is written once.
-const RECENT_IDS: usize = 4096;
+/// Outbox ids remembered per client as written to it. Past this the oldest
+/// are forgotten: such a row may reach that client twice, which it dedupes.
+const WRITTEN_IDS: usize = 4096;
 
 #[derive(Clone)]
 pub struct SocketArgs {
@@ -64,16 +70,21 @@ pub struct SocketArgs {
     pub path: PathBuf,
 }
 
-/// One line for one client; `ack` learns whether it was written and flushed.
-struct Outgoing {
-    line: String,
-    ack: Option<oneshot::Sender<bool>>,
-}
-
 /// The actor's handle on a connected client.
 struct Client {
     id: u64,
-    outgoing: mpsc::Sender<Outgoing>,
+    outgoing: mpsc::Sender<String>,
+    /// Outbox ids written to this client (bounded, see [`WRITTEN_IDS`]).
+    written: RecentKeys<i64>,
+}
+
+/// What the readers count, for `Inspect`.
+#[derive(Default)]
+struct AckCounts {
+    /// Acks that marked a row sent.
+    acked: AtomicU64,
+    /// Acks that named no unsent row of a socket chat.
+    ignored: AtomicU64,
 }
 
 /// Aborts its task when dropped: the listener dies with the actor's state,
@@ -89,16 +100,15 @@ impl Drop for TaskGuard {
 pub struct SocketChannel;
 
 pub struct SocketState {
-    store: Store,
     path: PathBuf,
     /// The socket file we bound (device, inode), removed at stop if still ours.
     bound: Option<(u64, u64)>,
     clients: Vec<Client>,
     arrivals: mpsc::UnboundedReceiver<Client>,
     accepted: Arc<AtomicU64>,
-    /// Outbox ids already written in this process.
-    recent: RecentKeys<i64>,
-    delivered: u64,
+    acks: Arc<AckCounts>,
+    /// Reply lines handed to clients' writers (one per row and client).
+    written: u64,
     /// Deliveries that found no client to take them (left in the outbox).
     held: u64,
     _listener: TaskGuard,
@@ -114,50 +124,46 @@ impl SocketState {
         self.clients.retain(|c| !c.outgoing.is_closed());
     }
 
-    /// Writes `line` to every client; with `confirm`, waits for each writer
-    /// and returns how many wrote and flushed it.
-    async fn broadcast(&mut self, line: String, confirm: bool) -> usize {
-        let mut waiting = Vec::new();
-        for client in &self.clients {
-            let (ack, answer) = if confirm {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
-            } else {
-                (None, None)
-            };
-            let outgoing = Outgoing {
-                line: line.clone(),
-                ack,
-            };
-            match client.outgoing.try_send(outgoing) {
-                Ok(()) => {
-                    if let Some(answer) = answer {
-                        waiting.push((client.id, answer));
-                    }
-                }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(
-                        client = client.id,
-                        "socket client is far behind; line skipped"
-                    );
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+    /// Queues `row` for every client it was not written to yet; returns how
+    /// many took it now and how many had it already.
+    fn write_row(&mut self, row: &OutboxRow) -> (usize, usize) {
+        let line = TalonLine::reply(row).to_line();
+        let (mut took, mut had) = (0, 0);
+        for client in &mut self.clients {
+            if client.written.contains(&row.id) {
+                had += 1;
+                continue;
+            }
+            if offer(client, line.clone()) {
+                client.written.first_time(row.id);
+                took += 1;
             }
         }
-        let answers =
-            futures::future::join_all(waiting.into_iter().map(|(id, answer)| async move {
-                let written = matches!(
-                    tokio::time::timeout(ACK_TIMEOUT, answer).await,
-                    Ok(Ok(true))
-                );
-                if !written {
-                    tracing::debug!(client = id, "a line did not reach a socket client");
-                }
-                written
-            }))
-            .await;
-        self.clients.retain(|c| !c.outgoing.is_closed());
-        answers.into_iter().filter(|written| *written).count()
+        (took, had)
+    }
+
+    /// Queues a line that needs no acknowledgement for every client.
+    fn write_to_all(&self, line: String) {
+        for client in &self.clients {
+            offer(client, line.clone());
+        }
+    }
+}
+
+/// Queues `line` for `client` without waiting; whether it was queued. A
+/// client too far behind misses it (a reply stays unsent, for the next
+/// client that connects).
+fn offer(client: &Client, line: String) -> bool {
+    match client.outgoing.try_send(line) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::warn!(
+                client = client.id,
+                "socket client is far behind; line skipped"
+            );
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
 
@@ -174,24 +180,25 @@ impl Actor for SocketChannel {
         let (listener, bound) = bind(&args.path)?;
         let (arrive, arrivals) = mpsc::unbounded_channel();
         let accepted = Arc::new(AtomicU64::new(0));
+        let acks = Arc::new(AckCounts::default());
         let task = tokio::spawn(accept_loop(
             listener,
             myself.clone(),
             arrive,
-            args.store.clone(),
+            args.store,
             accepted.clone(),
+            acks.clone(),
         ));
         crate::dump::register_inspectable(&myself, "channel", ChannelMsg::Inspect);
         tracing::info!(path = %args.path.display(), "socket channel listening");
         Ok(SocketState {
-            store: args.store,
             path: args.path,
             bound,
             clients: Vec::new(),
             arrivals,
             accepted,
-            recent: RecentKeys::new(RECENT_IDS),
-            delivered: 0,
+            acks,
+            written: 0,
             held: 0,
             _listener: TaskGuard(task),
         })
@@ -205,16 +212,11 @@ impl Actor for SocketChannel {
     ) -> Result<(), ActorProcessingErr> {
         state.refresh_clients();
         match message {
+            // Not marked sent here: that waits for a client's ack.
             ChannelMsg::Deliver(row) => {
-                if state.recent.contains(&row.id) {
-                    return Ok(()); // written already (queue and backlog both sent it)
-                }
-                let line = TalonLine::reply(&row).to_line();
-                if state.broadcast(line, true).await > 0 {
-                    state.store.mark_sent(row.id)?;
-                    state.recent.first_time(row.id);
-                    state.delivered += 1;
-                } else {
+                let (took, had) = state.write_row(&row);
+                state.written += took as u64;
+                if took + had == 0 {
                     state.held += 1;
                     tracing::debug!(chat = %row.chat_id, outbox_id = row.id,
                         "no socket client took the reply; it stays in the outbox");
@@ -230,7 +232,7 @@ impl Actor for SocketChannel {
                         through_seq,
                     }
                     .to_line();
-                    state.broadcast(line, false).await;
+                    state.write_to_all(line);
                 }
             }
             // No typing indicator, no platform connection.
@@ -241,8 +243,10 @@ impl Actor for SocketChannel {
                     "path": state.path.display().to_string(),
                     "clients": state.clients.len(),
                     "connections_accepted": state.accepted.load(Ordering::Relaxed),
-                    "delivered": state.delivered,
+                    "replies_written": state.written,
                     "held_for_no_client": state.held,
+                    "acked": state.acks.acked.load(Ordering::Relaxed),
+                    "acks_ignored": state.acks.ignored.load(Ordering::Relaxed),
                 }));
             }
         }
@@ -308,6 +312,7 @@ async fn accept_loop(
     arrive: mpsc::UnboundedSender<Client>,
     store: Store,
     accepted: Arc<AtomicU64>,
+    acks: Arc<AckCounts>,
 ) {
     let mut tasks = JoinSet::new();
     let mut next_id: u64 = 0;
@@ -329,18 +334,28 @@ async fn accept_loop(
         accepted.fetch_add(1, Ordering::Relaxed);
         let (reader, writer) = stream.into_split();
         let (outgoing, queue) = mpsc::channel(CLIENT_QUEUE);
-        tasks.spawn(write_lines(writer, queue));
-        tasks.spawn(read_lines(reader, outgoing.clone(), next_id));
+        let (hang_up, hung_up) = oneshot::channel();
+        tasks.spawn(write_lines(writer, queue, hung_up));
+        let reading = Reading {
+            client: next_id,
+            hung_up: hang_up,
+            replies: outgoing.clone(),
+            store: store.clone(),
+            acks: acks.clone(),
+        };
+        tasks.spawn(read_lines(reader, reading));
         let client = Client {
             id: next_id,
             outgoing,
+            written: RecentKeys::new(WRITTEN_IDS),
         };
         if arrive.send(client).is_err() {
             return; // the actor is gone
         }
         tracing::debug!(client = next_id, "socket client connected");
-        // The newcomer gets every reply that found nobody before it. The
-        // client is queued first, so the actor sees it before these rows.
+        // The newcomer gets every reply not acknowledged yet (the clients
+        // that had one already are not written it again). The client is
+        // queued first, so the actor sees it before these rows.
         match store.unsent_outbox() {
             Ok(rows) => {
                 for row in rows.into_iter().filter(|r| is_socket_chat(&r.chat_id)) {
@@ -354,28 +369,55 @@ async fn accept_loop(
     }
 }
 
-/// Puts lines on the wire, one at a time, and answers each `ack`. The first
-/// failed or stuck write ends the task, which closes our side of the
-/// connection and tells the actor this client is gone.
-async fn write_lines(mut writer: OwnedWriteHalf, mut queue: mpsc::Receiver<Outgoing>) {
-    while let Some(outgoing) = queue.recv().await {
+/// Puts lines on the wire, one at a time. The first failed or stuck write
+/// ends the task, which closes our side of the connection and tells the
+/// actor this client is gone; so does word from the reader that the client
+/// hung up (`hung_up` fires), which would otherwise wait for the next write.
+async fn write_lines(
+    mut writer: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<String>,
+    mut hung_up: oneshot::Receiver<()>,
+) {
+    let mut listening = true;
+    loop {
+        let line = tokio::select! {
+            line = queue.recv() => match line {
+                Some(line) => line,
+                None => return,
+            },
+            word = &mut hung_up, if listening => {
+                if word.is_ok() {
+                    return;
+                }
+                listening = false; // the reader ended without word: keep writing
+                continue;
+            }
+        };
         let write = async {
-            writer.write_all(outgoing.line.as_bytes()).await?;
+            writer.write_all(line.as_bytes()).await?;
             writer.flush().await
         };
-        let written = matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(())));
-        if let Some(ack) = outgoing.ack {
-            let _ = ack.send(written);
-        }
-        if !written {
+        if !matches!(tokio::time::timeout(WRITE_TIMEOUT, write).await, Ok(Ok(()))) {
             return;
         }
     }
 }
 
-/// Reads a client's lines: each valid message goes to the router, anything
-/// else is answered with an `error` line.
-async fn read_lines(mut reader: OwnedReadHalf, replies: mpsc::Sender<Outgoing>, client: u64) {
+/// What one client's reader needs.
+struct Reading {
+    client: u64,
+    /// Told when the client closed the whole connection.
+    hung_up: oneshot::Sender<()>,
+    /// The client's own writer queue, for `error` lines.
+    replies: mpsc::Sender<String>,
+    store: Store,
+    acks: Arc<AckCounts>,
+}
+
+/// Reads a client's lines: each valid message goes to the router, each ack
+/// to the store, anything else is answered with an `error` line.
+async fn read_lines(mut reader: OwnedReadHalf, reading: Reading) {
+    let client = reading.client;
     let mut lines = LineSplitter::new(MAX_CLIENT_LINE_BYTES);
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -388,17 +430,29 @@ async fn read_lines(mut reader: OwnedReadHalf, replies: mpsc::Sender<Outgoing>, 
             }
         };
         for frame in lines.push(&chunk[..read]) {
-            take_frame(frame, &replies).await;
+            take_frame(frame, &reading).await;
         }
     }
     // A last line without its newline still counts.
     if let Some(frame) = lines.finish() {
-        take_frame(frame, &replies).await;
+        take_frame(frame, &reading).await;
     }
-    tracing::debug!(client, "socket client stopped sending");
+    // A client that only shut its sending side may still read replies; one
+    // that closed the connection (the hang-up is already known, so this
+    // does not wait) is let go now, with what the actor keeps for it.
+    let closed = reader
+        .ready(Interest::WRITABLE)
+        .now_or_never()
+        .is_some_and(|ready| ready.is_ok_and(|r| r.is_write_closed()));
+    if closed {
+        let _ = reading.hung_up.send(());
+        tracing::debug!(client, "socket client disconnected");
+    } else {
+        tracing::debug!(client, "socket client stopped sending");
+    }
 }
 
-async fn take_frame(frame: Frame, replies: &mpsc::Sender<Outgoing>) {
+async fn take_frame(frame: Frame, reading: &Reading) {
     let refusal = match frame {
         Frame::TooLong(length) => format!(
             "a line of {length} bytes is longer than the {MAX_CLIENT_LINE_BYTES} allowed; ignored"
@@ -409,20 +463,48 @@ async fn take_frame(frame: Frame, replies: &mpsc::Sender<Outgoing>) {
                 return; // blank lines are keep-alives
             }
             match parse_client_line(line) {
+                Ok(ClientLine::Ack { outbox_id }) => {
+                    take_ack(outbox_id, reading);
+                    return;
+                }
                 Ok(message) => {
-                    submit_to_router(to_inbound(message, crate::store::now_millis())).await;
+                    if let Some(inbound) = to_inbound(message, crate::store::now_millis()) {
+                        submit_to_router(inbound).await;
+                    }
                     return;
                 }
                 Err(refusal) => refusal,
             }
         }
     };
-    let error = Outgoing {
-        line: TalonLine::error(refusal).to_line(),
-        ack: None,
-    };
     // A client too far behind to take its own error line loses it.
-    let _ = replies.try_send(error);
+    let _ = reading
+        .replies
+        .try_send(TalonLine::error(refusal).to_line());
+}
+
+/// Marks the acknowledged row sent, if it is an unsent row of a socket chat.
+/// Anything else (an unknown id, another channel's row, a row acked before)
+/// is ignored without a word to the client: a repeat is normal after a
+/// reconnect, and a client must not be able to touch other channels' rows.
+fn take_ack(outbox_id: i64, reading: &Reading) {
+    let client = reading.client;
+    match reading.store.mark_sent_if(outbox_id, is_socket_chat) {
+        Ok(true) => {
+            reading.acks.acked.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client, outbox_id, "socket client acknowledged a reply");
+        }
+        Ok(false) => {
+            reading.acks.ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                client,
+                outbox_id,
+                "socket ack names no unsent socket reply; ignored"
+            );
+        }
+        // The row stays unsent and is written again on a later connect.
+        Err(e) => tracing::warn!(client, outbox_id, error = %e, "cannot record a socket ack"),
+    }
 }
 
 #[cfg(test)]
@@ -470,9 +552,53 @@ mod tests {
         ractor::call!(actor, ChannelMsg::Inspect).unwrap()
     }
 
-    #[tokio::test]
-    async fn rows_are_marked_sent_only_once_a_client_took_them() {
+    type Lines = tokio::io::Lines<tokio::io::BufReader<OwnedReadHalf>>;
+
+    async fn connect(path: &Path) -> (Lines, OwnedWriteHalf) {
         use tokio::io::AsyncBufReadExt;
+        let (reader, writer) = tokio::net::UnixStream::connect(path)
+            .await
+            .unwrap()
+            .into_split();
+        (tokio::io::BufReader::new(reader).lines(), writer)
+    }
+
+    async fn ack(writer: &mut OwnedWriteHalf, outbox_id: i64) {
+        let line = format!("{{\"type\":\"ack\",\"outbox_id\":{outbox_id}}}\n");
+        writer.write_all(line.as_bytes()).await.unwrap();
+    }
+
+    /// Polls the actor's status until `check` holds (bounded).
+    async fn wait_for_status(
+        actor: &ActorRef<ChannelMsg>,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = inspect(actor).await;
+            if check(&status) {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn unsent_ids(store: &Store) -> Vec<i64> {
+        store
+            .unsent_outbox()
+            .unwrap()
+            .iter()
+            .map(|row| row.id)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn rows_are_marked_sent_only_once_a_client_acknowledges_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("talon.sock");
         let store = Store::open_in_memory().unwrap();
@@ -489,25 +615,57 @@ mod tests {
         assert_eq!(inspect(&actor).await["held_for_no_client"], 1);
         assert_eq!(store.unsent_outbox().unwrap(), vec![early.clone()]);
 
-        // A client connects and is handed it, then it counts as sent.
-        let (reader, mut writer) = tokio::net::UnixStream::connect(&path)
-            .await
-            .unwrap()
-            .into_split();
-        let mut lines = tokio::io::BufReader::new(reader).lines();
-        assert_eq!(
-            read_json(&mut lines).await,
-            json!({"type": "reply", "chat": "sock:a", "outbox_id": early.id,
-                   "kind": "notice", "text": "early"})
-        );
-        let status = inspect(&actor).await;
-        assert_eq!(status["clients"], 1, "{status}");
-        assert_eq!(status["delivered"], 1, "{status}");
-        assert!(store.unsent_outbox().unwrap().is_empty());
+        // A client connects and is handed it; taking it is not enough.
+        let early_line = json!({"type": "reply", "chat": "sock:a", "outbox_id": early.id,
+                                "kind": "notice", "text": "early"});
+        let (mut lines, writer) = connect(&path).await;
+        assert_eq!(read_json(&mut lines).await, early_line);
         // Handed over again (say by its queue), it is not written twice.
         actor.cast(ChannelMsg::Deliver(early.clone())).unwrap();
+        let status = inspect(&actor).await;
+        assert_eq!(status["clients"], 1, "{status}");
+        assert_eq!(status["replies_written"], 1, "{status}");
+        assert_eq!(unsent_ids(&store), vec![early.id]);
 
-        // Replies and settled lines go out as they come.
+        // It leaves without acking: the next client is handed the same row.
+        drop((lines, writer));
+        wait_for_status(&actor, "the client to be let go", |s| s["clients"] == 0).await;
+        let (mut lines, mut writer) = connect(&path).await;
+        assert_eq!(read_json(&mut lines).await, early_line);
+
+        // Acks that name nothing of ours change nothing and get no answer:
+        // an unknown id, another channel's row, a made-up one. A malformed
+        // ack is refused like any bad line; the connection stays usable.
+        let theirs = store
+            .record_notice("term:local", "main", "not yours")
+            .unwrap();
+        for bogus in [theirs.id + 1000, theirs.id, -1] {
+            ack(&mut writer, bogus).await;
+        }
+        writer
+            .write_all(b"{\"type\":\"ack\",\"outbox_id\":\"x\"}\n")
+            .await
+            .unwrap();
+        let error = read_json(&mut lines).await;
+        assert_eq!(error["type"], "error", "{error}");
+        // Lines are read in order: once the malformed one is answered, the
+        // bogus acks before it have been taken.
+        let status = inspect(&actor).await;
+        assert_eq!(status["acks_ignored"], 3, "{status}");
+        assert_eq!(status["acked"], 0, "{status}");
+        assert_eq!(unsent_ids(&store), vec![early.id, theirs.id]);
+
+        // The real ack marks it sent; a second one is ignored.
+        ack(&mut writer, early.id).await;
+        ack(&mut writer, early.id).await;
+        let status = wait_for_status(&actor, "both acks", |s| s["acks_ignored"] == 4).await;
+        assert_eq!(status["acked"], 1, "{status}");
+        assert_eq!(unsent_ids(&store), vec![theirs.id]);
+
+        // A client connecting now is not handed it (nor the other channel's
+        // row): its first line is the next reply, which both clients get.
+        let (mut third, third_writer) = connect(&path).await;
+        wait_for_status(&actor, "the third client", |s| s["clients"] == 2).await;
         let reply = store
             .record_reply("sock:a", "a", "answer", None, 0)
             .unwrap();
@@ -518,30 +676,68 @@ mod tests {
                 through_seq: 4,
             })
             .unwrap();
-        assert_eq!(read_json(&mut lines).await["outbox_id"], reply.id);
-        assert_eq!(
-            read_json(&mut lines).await,
-            json!({"type": "settled", "chat": "sock:a", "through_seq": 4})
-        );
+        let settled = json!({"type": "settled", "chat": "sock:a", "through_seq": 4});
+        for lines in [&mut lines, &mut third] {
+            assert_eq!(read_json(lines).await["outbox_id"], reply.id);
+            assert_eq!(read_json(lines).await, settled);
+        }
 
-        // A refused line is answered on the same connection.
-        writer.write_all(b"{\"type\":\"nope\"}\n").await.unwrap();
-        let error = read_json(&mut lines).await;
-        assert_eq!(error["type"], "error", "{error}");
-
-        // The client leaves: the next row finds nobody and stays owed.
-        drop((lines, writer));
+        // Both leave without acking: the reply stays owed, and a row made
+        // meanwhile finds nobody.
+        drop((lines, writer, third, third_writer));
+        wait_for_status(&actor, "the clients to be let go", |s| s["clients"] == 0).await;
         let late = store.record_notice("sock:a", "a", "late").unwrap();
         actor.cast(ChannelMsg::Deliver(late.clone())).unwrap();
         let status = inspect(&actor).await;
         assert_eq!(status["held_for_no_client"], 2, "{status}");
-        assert_eq!(status["clients"], 0, "{status}");
-        assert_eq!(store.unsent_outbox().unwrap(), vec![late]);
+        assert_eq!(unsent_ids(&store), vec![theirs.id, reply.id, late.id]);
 
         // Stopping takes the socket file away.
         actor.stop(None);
         handle.await.unwrap();
         assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn every_new_client_is_handed_what_is_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("talon.sock");
+        let store = Store::open_in_memory().unwrap();
+        let args = SocketArgs {
+            store: store.clone(),
+            path: path.clone(),
+        };
+        let name = format!("test-socket-{}", uuid::Uuid::new_v4());
+        let (actor, handle) = Actor::spawn(Some(name), SocketChannel, args).await.unwrap();
+        let (mut first, _first_writer) = connect(&path).await;
+        wait_for_status(&actor, "the first client", |s| s["clients"] == 1).await;
+        let row = store.record_reply("sock:b", "b", "hi", None, 0).unwrap();
+        actor.cast(ChannelMsg::Deliver(row.clone())).unwrap();
+        assert_eq!(read_json(&mut first).await["outbox_id"], row.id);
+
+        // The first keeps it unacknowledged and stays: a second client
+        // still gets it (the first is not written it again), and once the
+        // second acks it, a third does not.
+        let (mut second, mut second_writer) = connect(&path).await;
+        assert_eq!(read_json(&mut second).await["outbox_id"], row.id);
+        assert_eq!(inspect(&actor).await["replies_written"], 2);
+        ack(&mut second_writer, row.id).await;
+        wait_for_status(&actor, "the ack", |s| s["acked"] == 1).await;
+        assert!(store.unsent_outbox().unwrap().is_empty());
+        let (_third, _third_writer) = connect(&path).await;
+        let status = wait_for_status(&actor, "the third client", |s| s["clients"] == 3).await;
+        assert_eq!(status["replies_written"], 2, "{status}");
+        actor
+            .cast(ChannelMsg::Settled {
+                chat_id: "sock:b".into(),
+                through_seq: 1,
+            })
+            .unwrap();
+        // Nothing else came before the settled line on the first client.
+        assert_eq!(read_json(&mut first).await["type"], "settled");
+
+        actor.stop(None);
+        handle.await.unwrap();
     }
 
     #[test]

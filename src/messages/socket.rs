@@ -7,6 +7,17 @@
 //! chat's messages, and an `error` line for anything it refused. The types
 //! here are the single definition of that protocol; parsing and validation
 //! are pure functions so they are tested without a socket.
+//!
+//! Delivery of `reply` lines is at-least-once. The client acknowledges each
+//! one with [`ClientLine::Ack`] (`{"type":"ack","outbox_id":N}`), and only
+//! then does talon count the reply as sent. Until then it is written again
+//! to every client that connects (once per connection), so a client that
+//! hangs up before acking gets it on its next connect. A client may
+//! therefore see one reply more than once, always with the same
+//! `outbox_id`: it dedupes by that id, and acknowledges every copy (an ack
+//! for a reply already counted is ignored). `settled` and `error` lines
+//! are not acknowledged. A well-formed ack is never answered, not even when
+//! it names no unsent reply of a socket chat: it then changes nothing.
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +43,9 @@ pub enum ClientLine {
         sender: String,
         text: String,
     },
+    /// The client has the `reply` line with this `outbox_id` (and will
+    /// dedupe any further copy by it): talon may count it as sent.
+    Ack { outbox_id: i64 },
 }
 
 /// Whether an outgoing line is the agent's answer or a line from talon.
@@ -104,7 +118,8 @@ pub fn parse_client_line(line: &[u8]) -> Result<ClientLine, String> {
     let parsed: ClientLine = serde_json::from_slice(line).map_err(|e| {
         format!(
             "not a valid message line ({e}); expected \
-             {{\"type\":\"message\",\"chat\":\"sock:<name>\",\"id\":\"…\",\"sender\":\"…\",\"text\":\"…\"}}"
+             {{\"type\":\"message\",\"chat\":\"sock:<name>\",\"id\":\"…\",\"sender\":\"…\",\"text\":\"…\"}} \
+             or {{\"type\":\"ack\",\"outbox_id\":N}}"
         )
     })?;
     let ClientLine::Message {
@@ -112,7 +127,11 @@ pub fn parse_client_line(line: &[u8]) -> Result<ClientLine, String> {
         id,
         sender,
         text,
-    } = &parsed;
+    } = &parsed
+    else {
+        // Any id is well formed: the channel decides what it names.
+        return Ok(parsed);
+    };
     if !is_socket_chat(chat) {
         return Err(format!(
             "chat {chat:?} is not a socket chat: it must look like \"{SOCKET_PREFIX}:<name>\""
@@ -130,15 +149,19 @@ pub fn parse_client_line(line: &[u8]) -> Result<ClientLine, String> {
     Ok(parsed)
 }
 
-/// The inbound message a client's line stands for, received at `now`.
-pub fn to_inbound(line: ClientLine, now: crate::messages::UnixMillis) -> InboundMessage {
+/// The inbound message a client's line stands for, received at `now`;
+/// `None` for a line that is not a chat message (an ack).
+pub fn to_inbound(line: ClientLine, now: crate::messages::UnixMillis) -> Option<InboundMessage> {
     let ClientLine::Message {
         chat,
         id,
         sender,
         text,
-    } = line;
-    InboundMessage {
+    } = line
+    else {
+        return None;
+    };
+    Some(InboundMessage {
         chat_id: chat,
         platform_msg_id: id,
         sender_id: sender.clone(),
@@ -149,7 +172,7 @@ pub fn to_inbound(line: ClientLine, now: crate::messages::UnixMillis) -> Inbound
         is_bot_message: false,
         reply_to: None,
         thread_id: None,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -164,7 +187,7 @@ mod tests {
         let inbound = to_inbound(parsed, 1_700_000_000_000);
         assert_eq!(
             inbound,
-            InboundMessage {
+            Some(InboundMessage {
                 chat_id: "sock:g1".into(),
                 platform_msg_id: "42".into(),
                 sender_id: "ann".into(),
@@ -175,7 +198,25 @@ mod tests {
                 is_bot_message: false,
                 reply_to: None,
                 thread_id: None,
-            }
+            })
+        );
+    }
+
+    #[test]
+    fn an_ack_line_parses_and_is_no_message() {
+        let parsed = parse_client_line(br#"{"type":"ack","outbox_id":42}"#).unwrap();
+        assert_eq!(parsed, ClientLine::Ack { outbox_id: 42 });
+        assert_eq!(to_inbound(parsed, 0), None);
+        // Whether an id names anything is the channel's question, not the
+        // parser's: it never refuses a well-formed ack.
+        assert_eq!(
+            parse_client_line(br#"{"type":"ack","outbox_id":-1,"extra":true}"#),
+            Ok(ClientLine::Ack { outbox_id: -1 })
+        );
+        let line = serde_json::to_string(&ClientLine::Ack { outbox_id: 7 }).unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&line).unwrap(),
+            serde_json::json!({"type":"ack","outbox_id":7})
         );
     }
 
@@ -224,6 +265,15 @@ mod tests {
             (
                 br#"{"type":"message","chat":"sock:a","id":1,"sender":"s","text":"t"}"#,
                 "not a valid message line",
+            ),
+            (br#"{"type":"ack"}"#, "not a valid message line"),
+            (
+                br#"{"type":"ack","outbox_id":"7"}"#,
+                "not a valid message line",
+            ),
+            (
+                br#"{"type":"ack","outbox_id":1.5}"#,
+                r#"{"type":"ack","outbox_id":N}"#,
             ),
         ];
         for (line, needle) in cases {
