@@ -112,6 +112,7 @@ async fn bench(runs: usize) {
         chat_id: TERMINAL_CHAT.into(),
         output: tx,
         gate: Arc::new(Semaphore::new(1)),
+        recovered_through: None,
     };
     let host = host::start(Arc::new(ctx), host::Channels::terminal(terminal))
         .await

@@ -237,7 +237,14 @@ async fn chat(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
     let assistant = config.assistant.name.clone();
     let user = config.terminal.user_name.clone();
     let (ctx, _lock) = prepare_host(paths, config).await?;
-    ensure_terminal_group(&ctx.store)?;
+    let group = ensure_terminal_group(&ctx.store)?;
+    // A scriptable chat also answers what a killed run accepted but never
+    // answered (the queue recovers it at start) before it may exit.
+    let recovered_through = if interactive {
+        None
+    } else {
+        unanswered_through(&ctx.store, &group, &ctx.config.trigger_pattern())?
+    };
 
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<TerminalOutput>();
     let printer = tokio::spawn(async move {
@@ -254,12 +261,14 @@ async fn chat(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
             let _ = stdout.flush();
         }
     });
-    let gate = Arc::new(Semaphore::new(1));
+    // The recovered messages hold the one permit until they are settled.
+    let gate = Arc::new(Semaphore::new(usize::from(recovered_through.is_none())));
     let terminal = TerminalArgs {
         store: ctx.store.clone(),
         chat_id: TERMINAL_CHAT.into(),
         output: out_tx,
         gate: gate.clone(),
+        recovered_through,
     };
     let host = host::start(ctx, Channels::terminal(terminal)).await?;
     if interactive {
@@ -274,6 +283,7 @@ async fn chat(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
         user,
         gate,
         !interactive,
+        recovered_through.is_some(),
         done_tx,
     );
     let mut done_rx = done_rx;
@@ -282,6 +292,25 @@ async fn chat(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
     // Every reply was handed to the printer before the host stopped.
     let _ = tokio::time::timeout(Duration::from_secs(2), printer).await;
     Ok(())
+}
+
+/// The last message of `group` after its cursor that should wake the agent
+/// (so the queue will answer it), if any.
+fn unanswered_through(
+    store: &Store,
+    group: &RegisteredGroup,
+    configured_trigger: &str,
+) -> Result<Option<i64>> {
+    let trigger = crate::trigger::group_trigger(group, configured_trigger)
+        .with_context(|| format!("invalid trigger pattern of {}", group.chat_id))?;
+    let cursor = store.cursor(&group.chat_id)?;
+    // As far as the group queue looks for waking messages.
+    let pending = store.messages_after(&group.chat_id, cursor, 10_000)?;
+    Ok(pending
+        .iter()
+        .rev()
+        .find(|m| crate::trigger::message_wakes_agent(group, &trigger, m))
+        .map(|m| m.seq))
 }
 
 async fn read_stdin_lines(lines: mpsc::Sender<String>) {
@@ -326,6 +355,7 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
             chat_id: TERMINAL_CHAT.into(),
             output: out_tx,
             gate: gate.clone(),
+            recovered_through: None,
         });
     }
     let user = ctx.config.terminal.user_name.clone();
@@ -344,7 +374,15 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
         });
         tokio::spawn(read_stdin_lines(line_tx));
         let (done_tx, _done_rx) = oneshot::channel();
-        spawn_input(line_rx, TERMINAL_CHAT.into(), user, gate, false, done_tx);
+        spawn_input(
+            line_rx,
+            TERMINAL_CHAT.into(),
+            user,
+            gate,
+            false,
+            false,
+            done_tx,
+        );
     }
     announce_channels(&names, "running");
     let _watchdog = crate::service::ready();
@@ -738,10 +776,14 @@ fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsComm
 }
 
 fn status(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
-    load_config(paths, explicit)?;
+    let config = load_config(paths, explicit)?;
     match crate::singleton::holder(&paths.pid_file()) {
         Some(pid) => println!("talon is running (pid {pid})"),
         None => println!("talon is not running"),
+    }
+    println!("credential: {}", credential_line(&config));
+    if let Some(line) = threads_line(paths) {
+        println!("{line}");
     }
     let store = Store::open(&paths.db())?;
     let groups = store.groups()?;
@@ -775,6 +817,31 @@ fn status(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
     }
     println!("undelivered replies: {}", store.unsent_outbox()?.len());
     Ok(())
+}
+
+/// Which model credential is in use and how long it has left; never a token.
+fn credential_line(config: &crate::config::Config) -> String {
+    use crate::actors::token_manager::{describe_expiry, Kind};
+    let (kind, expires_at) = crate::host::credential_in_use(config);
+    match kind {
+        Kind::OAuthFile => describe_expiry(expires_at, crate::store::now_millis()),
+        Kind::OAuthEnv => "OAuth: CLAUDE_CODE_OAUTH_TOKEN (long-lived)".into(),
+        Kind::ApiKey => "Anthropic API key".into(),
+        Kind::FallbackKey => "WARN using fallback prepaid key".into(),
+        Kind::None => "none configured".into(),
+    }
+}
+
+/// "Threads token: 41 days left …", when a Threads token is configured.
+fn threads_line(paths: &Paths) -> Option<String> {
+    use crate::auth::threads;
+    threads::ThreadsCredentials::load(paths, &threads::process_env())
+        .ok()
+        .flatten()?;
+    Some(match threads::inspect(paths, crate::store::now_millis()) {
+        Ok(status) => status.to_string(),
+        Err(e) => format!("Threads token: {e}"),
+    })
 }
 
 async fn dump(paths: &Paths) -> Result<()> {

@@ -41,6 +41,7 @@ const SECTIONS: &[&str] = &[
     "channels",
     "web",
     "limits",
+    "auth",
     "log",
 ];
 
@@ -90,6 +91,7 @@ pub struct Config {
     pub channels: ChannelsConfig,
     pub web: WebConfig,
     pub limits: LimitsConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
     pub secrets: Secrets,
 }
@@ -143,6 +145,10 @@ pub struct ProviderConfig {
     pub max_retries: u32,
     pub retry_base: Duration,
     pub max_retry_delay: Duration,
+    /// A provider that cannot be reached is retried this long, then the
+    /// chat is told and queues pause until a probe gets an answer.
+    pub unreachable_after: Duration,
+    pub probe_interval: Duration,
     /// The LIGHT tier's kind, one of [`LIGHT_PROVIDER_KINDS`].
     pub light_kind: String,
     /// The LIGHT tier exists only when this is set.
@@ -249,7 +255,34 @@ impl Default for LimitsConfig {
             max_model_calls_per_run: 200,
             max_tokens_per_run: 10_000_000,
             host_actions_per_minute: 60,
-            max_prompt_bytes: 1_000_000,
+            max_prompt_bytes: 2_097_152,
+        }
+    }
+}
+
+/// Where the token manager finds and refreshes credentials (SPEC §9).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    /// The Claude CLI's credentials file; `None`: `~/.claude/.credentials.json`.
+    pub credentials_file: Option<String>,
+    pub token_url: String,
+    pub client_id: String,
+    pub scope: String,
+    /// The Threads Graph API's base URL.
+    pub threads_url: String,
+    /// First wait after a failed refresh; doubled per failure, 10 min at most.
+    pub refresh_retry_base: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            credentials_file: None,
+            token_url: crate::auth::claude::DEFAULT_TOKEN_URL.into(),
+            client_id: crate::auth::claude::DEFAULT_CLIENT_ID.into(),
+            scope: crate::auth::claude::DEFAULT_SCOPE.into(),
+            threads_url: "https://graph.threads.net".into(),
+            refresh_retry_base: Duration::from_secs(30),
         }
     }
 }
@@ -324,6 +357,8 @@ impl Default for ProviderConfig {
             max_retries: 3,
             retry_base: Duration::from_secs(1),
             max_retry_delay: Duration::from_secs(60),
+            unreachable_after: Duration::from_secs(20),
+            probe_interval: Duration::from_secs(10),
             light_kind: "openai".into(),
             light_model: None,
             light_base_url: None,
@@ -362,6 +397,7 @@ impl Default for Config {
             channels: ChannelsConfig::default(),
             web: WebConfig::default(),
             limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
             log: LogConfig::default(),
             secrets: Secrets::default(),
         }
@@ -857,7 +893,7 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
         max_tokens: s.get("provider", "max_tokens", p.max_tokens, |raw| {
             at_least(raw, 1)
         })?,
-        base_url: s.get("provider", "base_url", p.base_url, base_url)?,
+        base_url: s.get("provider", "base_url", p.base_url, api_base_url)?,
         request_timeout: s.get(
             "provider",
             "request_timeout",
@@ -874,9 +910,21 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
             p.max_retry_delay,
             positive_duration,
         )?,
+        unreachable_after: s.get(
+            "provider",
+            "unreachable_after",
+            p.unreachable_after,
+            positive_duration,
+        )?,
+        probe_interval: s.get(
+            "provider",
+            "probe_interval",
+            p.probe_interval,
+            positive_duration,
+        )?,
         light_kind: s.get("provider", "light_kind", p.light_kind, light_provider_kind)?,
         light_model: s.get("provider", "light_model", p.light_model, optional_text)?,
-        light_base_url: s.get("provider", "light_base_url", p.light_base_url, base_url)?,
+        light_base_url: s.get("provider", "light_base_url", p.light_base_url, api_base_url)?,
         light_api_key_env: s.get(
             "provider",
             "light_api_key_env",
@@ -940,6 +988,25 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
             at_least(raw, 4096)
         })?,
     };
+    let a = defaults.auth;
+    let auth = AuthConfig {
+        credentials_file: s.get(
+            "auth",
+            "credentials_file",
+            a.credentials_file,
+            optional_text,
+        )?,
+        token_url: s.get("auth", "token_url", a.token_url, non_empty_text)?,
+        client_id: s.get("auth", "client_id", a.client_id, non_empty_text)?,
+        scope: s.get("auth", "scope", a.scope, non_empty_text)?,
+        threads_url: s.get("auth", "threads_url", a.threads_url, non_empty_text)?,
+        refresh_retry_base: s.get(
+            "auth",
+            "refresh_retry_base",
+            a.refresh_retry_base,
+            positive_duration,
+        )?,
+    };
     let log = LogConfig {
         level: s.get("log", "level", defaults.log.level, log_filter)?,
     };
@@ -953,6 +1020,7 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
         channels,
         web,
         limits,
+        auth,
         log,
         secrets: Secrets::default(),
     })
@@ -1157,14 +1225,86 @@ fn word_list(raw: &Raw) -> Result<Vec<String>, String> {
         .collect())
 }
 
+/// An http(s) URL a client joins its own paths onto: it must parse, name a
+/// host, have a valid port if one is written, and carry no query or
+/// fragment. Checked here so a typo fails at start-up with the setting's
+/// name, instead of as a hang or a bare 404 on the first request.
 fn base_url(raw: &Raw) -> Result<Option<String>, String> {
-    let url = optional_text(raw)?;
-    if let Some(url) = &url {
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(format!("must start with http:// or https://, not {url:?}"));
-        }
+    let Some(text) = optional_text(raw)? else {
+        return Ok(None);
+    };
+    check_base_url(&text)?;
+    Ok(Some(text))
+}
+
+/// A model API base URL: the provider appends `/v1/...` itself, so a
+/// trailing `/v1` (how many tools document the base URL) is dropped
+/// rather than doubled.
+fn api_base_url(raw: &Raw) -> Result<Option<String>, String> {
+    let Some(text) = base_url(raw)? else {
+        return Ok(None);
+    };
+    let ends_in_v1 = reqwest::Url::parse(&text)
+        .is_ok_and(|url| url.path().trim_end_matches('/').ends_with("/v1"));
+    let trimmed = text.trim_end_matches('/');
+    Ok(Some(match trimmed.strip_suffix("/v1") {
+        Some(base) if ends_in_v1 => base.to_string(),
+        _ => text,
+    }))
+}
+
+fn check_base_url(text: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "such as \"https://proxy.example:8443\"";
+    const EMPTY_PORT: &str =
+        "has an empty port after ':'; write the port (e.g. :8080) or drop the ':'";
+    let lower = text.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err(format!("must start with http:// or https://, not {text:?}"));
     }
-    Ok(url)
+    // Host and port are checked as written: the URL parser takes `host:`
+    // as "no port", which is almost always a port left out by mistake.
+    let (host, port) = written_authority(text);
+    if host.is_empty() {
+        return Err(format!("= {text:?} has no host; write a URL {EXAMPLE}"));
+    }
+    match port {
+        Some("") => return Err(format!("= {text:?} {EMPTY_PORT}")),
+        Some(port) if !port.parse::<u16>().is_ok_and(|port| port > 0) => {
+            return Err(format!(
+                "= {text:?} has an invalid port {port:?} (a number from 1 to 65535)"
+            ))
+        }
+        _ => {}
+    }
+    let url = reqwest::Url::parse(text)
+        .map_err(|err| format!("= {text:?} is not a valid URL ({err}); write one {EXAMPLE}"))?;
+    if url.query().is_some() {
+        return Err(format!(
+            "= {text:?} must not have a query (?...): paths are added to it"
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(format!("= {text:?} must not have a fragment (#...)"));
+    }
+    Ok(())
+}
+
+/// Host and port as written in `scheme://[user@]host[:port]/...`.
+fn written_authority(text: &str) -> (&str, Option<&str>) {
+    let rest = text.split_once("://").map_or(text, |(_, rest)| rest);
+    let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or_default();
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    // An IPv6 host is bracketed and full of colons.
+    let (host, after_host) = match host_port.find(']') {
+        Some(end) if host_port.starts_with('[') => host_port.split_at(end + 1),
+        _ => match host_port.find(':') {
+            Some(colon) => host_port.split_at(colon),
+            None => (host_port, ""),
+        },
+    };
+    (host, after_host.strip_prefix(':'))
 }
 
 fn log_filter(raw: &Raw) -> Result<String, String> {
@@ -1243,6 +1383,8 @@ mod tests {
                 max_retries: 3,
                 retry_base: Duration::from_secs(1),
                 max_retry_delay: Duration::from_secs(60),
+                unreachable_after: Duration::from_secs(20),
+                probe_interval: Duration::from_secs(10),
                 light_kind: "openai".into(),
                 light_model: None,
                 light_base_url: None,
@@ -1276,8 +1418,9 @@ mod tests {
                 max_model_calls_per_run: 200,
                 max_tokens_per_run: 10_000_000,
                 host_actions_per_minute: 60,
-                max_prompt_bytes: 1_000_000,
+                max_prompt_bytes: 2_097_152,
             },
+            auth: AuthConfig::default(),
             log: LogConfig {
                 level: "info".into(),
             },
@@ -1679,6 +1822,130 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn url_settings_are_checked_at_load() {
+        for (var, key, value, problem) in [
+            (
+                "ANTHROPIC_BASE_URL",
+                "provider.base_url",
+                "http://127.0.0.1:",
+                "empty port",
+            ),
+            (
+                "ANTHROPIC_BASE_URL",
+                "provider.base_url",
+                "http://127.0.0.1:99999",
+                "invalid port",
+            ),
+            (
+                "ANTHROPIC_BASE_URL",
+                "provider.base_url",
+                "http://127.0.0.1:0",
+                "invalid port",
+            ),
+            (
+                "ANTHROPIC_BASE_URL",
+                "provider.base_url",
+                "http://h:80a/",
+                "invalid port",
+            ),
+            (
+                "ANTHROPIC_BASE_URL",
+                "provider.base_url",
+                "http://",
+                "no host",
+            ),
+            (
+                "ANTHROPIC_BASE_URL",
+                "provider.base_url",
+                "http://:8080",
+                "no host",
+            ),
+            (
+                "ANTHROPIC_BASE_URL",
+                "provider.base_url",
+                "ftp://h",
+                "http://",
+            ),
+            (
+                "ANTHROPIC_BASE_URL",
+                "provider.base_url",
+                "https://h/?beta=1",
+                "query",
+            ),
+            (
+                "ANTHROPIC_BASE_URL",
+                "provider.base_url",
+                "https://h/#top",
+                "fragment",
+            ),
+            (
+                "ANTHROPIC_BASE_URL",
+                "provider.base_url",
+                "http://exa mple.com",
+                "not a valid URL",
+            ),
+            (
+                "COPILOT_API_URL",
+                "provider.light_base_url",
+                "http://localhost:",
+                "empty port",
+            ),
+            (
+                "TALON_CHANNELS_SLACK_API_URL",
+                "channels.slack_api_url",
+                "http://127.0.0.1:/api",
+                "empty port",
+            ),
+            (
+                "TALON_CHANNELS_DISCORD_API_URL",
+                "channels.discord_api_url",
+                "https://discord.com?x=1",
+                "query",
+            ),
+        ] {
+            let message = error_text(from_env(&[(var, value)]));
+            for needle in [&format!("environment variable {var}"), key, problem] {
+                assert!(
+                    message.contains(needle),
+                    "{value:?}: {message:?} lacks {needle:?}"
+                );
+            }
+            assert!(!message.contains('\n'), "not one line: {message:?}");
+        }
+    }
+
+    #[test]
+    fn a_trailing_v1_on_a_model_base_url_is_dropped() {
+        let base = |pairs: &[(&str, &str)]| from_env(pairs).unwrap().provider;
+        for (written, expected) in [
+            ("https://api.anthropic.com/v1", "https://api.anthropic.com"),
+            ("https://api.anthropic.com/v1/", "https://api.anthropic.com"),
+            (
+                "http://127.0.0.1:4141/proxy/v1",
+                "http://127.0.0.1:4141/proxy",
+            ),
+            ("https://api.anthropic.com", "https://api.anthropic.com"),
+            // A host called v1 and a /v10 path are not a /v1 suffix.
+            ("http://v1", "http://v1"),
+            ("http://h/v10", "http://h/v10"),
+            ("http://[::1]:4141/", "http://[::1]:4141/"),
+        ] {
+            let p = base(&[
+                ("ANTHROPIC_BASE_URL", written),
+                ("COPILOT_API_URL", written),
+            ]);
+            assert_eq!(p.base_url.as_deref(), Some(expected), "{written}");
+            assert_eq!(p.light_base_url.as_deref(), Some(expected), "{written}");
+        }
+        // The channels' URLs are not model APIs: kept as written.
+        let config = from_env(&[("TALON_CHANNELS_DISCORD_API_URL", "http://h:1/v1")]).unwrap();
+        assert_eq!(
+            config.channels.discord_api_url.as_deref(),
+            Some("http://h:1/v1")
+        );
     }
 
     #[test]

@@ -41,10 +41,10 @@ pub const RESERVED_SECRETS: &[&str] = &[
     "TZ",
 ];
 
-/// Name prefixes of the host's own credentials and settings: Slack's tokens
-/// (`SLACK_BOT_TOKEN`, `SLACK_APP_TOKEN`, any other `SLACK_*`), every
-/// Anthropic and Claude variable, and talon's own configuration.
-pub const RESERVED_SECRET_PREFIXES: &[&str] = &["SLACK_", "ANTHROPIC_", "CLAUDE_", "TALON_"];
+/// Name prefixes of the host's own credentials: Slack's tokens
+/// (`SLACK_BOT_TOKEN`, `SLACK_APP_TOKEN`, any other `SLACK_*`) and every
+/// Anthropic and Claude variable (the subscription and its refresh state).
+pub const RESERVED_SECRET_PREFIXES: &[&str] = &["SLACK_", "ANTHROPIC_", "CLAUDE_"];
 
 /// Why `name` may never be passed into a container, or `None` when it may.
 /// `light_key_env` is the configured name of the LIGHT tier's key variable.

@@ -72,6 +72,12 @@ pub fn hard_timeout(
         .max(idle_timeout.saturating_add(close_grace))
 }
 
+/// How often a runner should say it is alive: well inside the hard timeout
+/// (a quarter of it), at most every 30 s and at least every second.
+pub fn heartbeat_interval(hard_timeout: Duration) -> Duration {
+    (hard_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
 /// A short, stable id for a talon home directory (the instance label).
 pub fn instance_id(home: &std::path::Path) -> String {
     use sha2::{Digest, Sha256};
@@ -224,6 +230,14 @@ pub fn create_body(spec: &RunSpec) -> ContainerCreateBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_heartbeat_is_well_inside_the_hard_timeout() {
+        let s = Duration::from_secs;
+        assert_eq!(heartbeat_interval(s(1830)), s(30));
+        assert_eq!(heartbeat_interval(s(8)), s(2));
+        assert_eq!(heartbeat_interval(Duration::from_millis(1500)), s(1));
+    }
 
     #[test]
     fn the_hard_timeout_always_leaves_room_for_the_graceful_close() {

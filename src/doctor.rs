@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::messages::wire::ErrorKind;
 use crate::paths::Paths;
 use crate::store::{now_millis, Store};
+use crate::trigger::{group_trigger, message_wakes_agent};
 
 /// How long one platform check may take.
 const PLATFORM_TIMEOUT: Duration = Duration::from_secs(15);
@@ -69,7 +70,9 @@ pub fn exit_code(findings: &[Finding]) -> i32 {
 /// Runs every check.
 pub async fn run(paths: &Paths, config: &Config) -> Vec<Finding> {
     let mut findings = docker_and_image(config).await;
-    findings.push(credentials(config));
+    findings.extend(credentials(config));
+    findings.extend(credential_works(config).await);
+    findings.extend(threads_token(paths));
     findings.extend(platforms(config).await);
     findings.push(host_lock(paths));
     match Store::open(&paths.db()) {
@@ -126,18 +129,113 @@ async fn docker_and_image(config: &Config) -> Vec<Finding> {
     vec![engine, image]
 }
 
-fn credentials(config: &Config) -> Finding {
-    match crate::host::pick_credential(config) {
-        Some(crate::provider::Credential::OAuthToken(_)) => {
-            finding("credentials", Level::Ok, "CLAUDE_CODE_OAUTH_TOKEN set (used instead of any API key)")
-        }
-        Some(crate::provider::Credential::ApiKey(_)) => finding("credentials", Level::Ok, "Anthropic API key set"),
-        None => finding(
+fn credentials(config: &Config) -> Vec<Finding> {
+    use crate::actors::token_manager::Kind;
+    let (kind, expires_at) = crate::host::credential_in_use(config);
+    let mut findings = vec![match kind {
+        Kind::OAuthFile => finding(
+            "credentials",
+            Level::Ok,
+            crate::actors::token_manager::describe_expiry(expires_at, crate::store::now_millis()),
+        ),
+        Kind::OAuthEnv => finding(
+            "credentials",
+            Level::Ok,
+            "OAuth: CLAUDE_CODE_OAUTH_TOKEN (long-lived, not refreshed)",
+        ),
+        Kind::ApiKey => finding("credentials", Level::Ok, "Anthropic API key"),
+        Kind::FallbackKey => finding(
+            "credentials",
+            Level::Warn,
+            "using fallback prepaid key: no valid Claude OAuth token (sign in again with `claude`)",
+        ),
+        Kind::None => finding(
             "credentials",
             Level::Fail,
-            "no model credentials: set ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN (environment or <home>/.env)",
+            "no model credentials: sign in with `claude` (a Claude subscription), or set ANTHROPIC_API_KEY_FALLBACK / ANTHROPIC_API_KEY (environment or <home>/.env)",
         ),
+    }];
+    let oauth = matches!(kind, Kind::OAuthFile | Kind::OAuthEnv);
+    if oauth && config.secrets.anthropic_api_key.is_some() {
+        findings.push(finding(
+            "credentials",
+            Level::Warn,
+            "ANTHROPIC_API_KEY is set beside the Claude subscription: it is used only as the fallback; name it ANTHROPIC_API_KEY_FALLBACK to say so",
+        ));
     }
+    if oauth {
+        findings.push(finding(
+            "credentials",
+            Level::Warn,
+            "a Claude subscription (OAuth) credential is used by talon's own agent runner; Anthropic reserves subscription credentials for Claude Code: run the group with the claude-code runtime",
+        ));
+    }
+    findings
+}
+
+/// The Threads token's days left, when one is configured (no network: the
+/// host refreshes it before the containers that use it).
+fn threads_token(paths: &Paths) -> Option<Finding> {
+    use crate::auth::threads;
+    threads::ThreadsCredentials::load(paths, &threads::process_env())
+        .ok()
+        .flatten()?;
+    Some(match threads::inspect(paths, now_millis()) {
+        Ok(status) if status.expired => finding("threads", Level::Fail, status.to_string()),
+        Ok(status) if status.days_left.is_some_and(|d| d >= 7) => {
+            finding("threads", Level::Ok, status.to_string())
+        }
+        Ok(status) => finding("threads", Level::Warn, status.to_string()),
+        Err(e) => finding("threads", Level::Warn, e.to_string()),
+    })
+}
+
+/// Proves the credential in use with one free call (`count_tokens`), where
+/// the endpoint has it. No token is printed.
+async fn credential_works(config: &Config) -> Option<Finding> {
+    let credential = crate::host::credential_now(config)?;
+    let base = config
+        .provider
+        .base_url
+        .clone()
+        .unwrap_or_else(|| crate::provider::ANTHROPIC_DEFAULT_BASE_URL.into());
+    let url = format!("{}/v1/messages/count_tokens", base.trim_end_matches('/'));
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .timeout(Duration::from_secs(15))
+        .header("anthropic-version", "2023-06-01")
+        .json(&serde_json::json!({
+            "model": config.provider.model,
+            "messages": [{"role": "user", "content": "ping"}],
+        }));
+    request = match &credential {
+        crate::provider::Credential::ApiKey(key) => request.header("x-api-key", key.expose()),
+        crate::provider::Credential::OAuthToken(token) => request
+            .bearer_auth(token.expose())
+            .header("anthropic-beta", "oauth-2025-04-20"),
+    };
+    Some(match request.send().await {
+        Ok(r) if r.status().is_success() => finding(
+            "credential",
+            Level::Ok,
+            "accepted by the model API (count_tokens)",
+        ),
+        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => finding(
+            "credential",
+            Level::Fail,
+            format!("refused by the model API ({})", r.status().as_u16()),
+        ),
+        Ok(r) => finding(
+            "credential",
+            Level::Warn,
+            format!("not proven: count_tokens answered {}", r.status().as_u16()),
+        ),
+        Err(_) => finding(
+            "credential",
+            Level::Warn,
+            format!("not proven: the model API at {base} did not answer"),
+        ),
+    })
 }
 
 /// A platform answer in the doctor's words.
@@ -236,14 +334,24 @@ pub fn store_checks(store: &Store, config: &Config, now: i64) -> Vec<Finding> {
     match store.groups() {
         Ok(groups) => {
             let mut lagging = Vec::new();
+            let configured = config.trigger_pattern();
             for g in &groups {
                 let cursor = store.cursor(&g.chat_id).unwrap_or(0);
                 let pending = store
                     .messages_after(&g.chat_id, cursor, 10_000)
                     .unwrap_or_default();
-                if let Some(oldest) = pending.first() {
+                // Only what the queue would answer is waiting: untriggered
+                // chatter stays behind the cursor until a trigger comes.
+                let Ok(trigger) = group_trigger(g, &configured) else {
+                    continue;
+                };
+                let waiting: Vec<_> = pending
+                    .iter()
+                    .filter(|m| message_wakes_agent(g, &trigger, m))
+                    .collect();
+                if let Some(oldest) = waiting.first() {
                     if now - oldest.timestamp > stale_ms {
-                        lagging.push(format!("{} ({} waiting)", g.folder, pending.len()));
+                        lagging.push(format!("{} ({} waiting)", g.folder, waiting.len()));
                     }
                 }
             }
@@ -454,5 +562,70 @@ mod tests {
             .map(|f| f.check)
             .collect();
         assert_eq!(warned, vec!["groups", "outbox"]);
+    }
+
+    #[test]
+    fn only_messages_that_wake_the_agent_count_as_lag() {
+        let store = Store::open_in_memory().unwrap();
+        let config = Config::from_sources(None, "t", &[], &[]).unwrap();
+        let group =
+            |chat_id: &str, folder: &str, trigger: Option<&str>| crate::messages::RegisteredGroup {
+                chat_id: chat_id.into(),
+                name: folder.into(),
+                folder: folder.into(),
+                trigger_pattern: trigger.map(str::to_string),
+                requires_trigger: true,
+                is_main: false,
+                container_config: None,
+                added_at: 1,
+            };
+        store
+            .register_group(&group("slack:C1", "family", None))
+            .unwrap();
+        store
+            .register_group(&group("dc:9", "work", Some("^!ask")))
+            .unwrap();
+        let now = 100 * DAY_MS;
+        let mut count = 0;
+        let mut insert = |chat_id: &str, content: &str, is_bot_message: bool| {
+            count += 1;
+            let message = crate::messages::InboundMessage {
+                chat_id: chat_id.into(),
+                platform_msg_id: count.to_string(),
+                sender_id: "u".into(),
+                sender_name: "u".into(),
+                content: content.into(),
+                timestamp: now - 3_600_000 + count,
+                is_from_me: false,
+                is_bot_message,
+                reply_to: None,
+                thread_id: None,
+            };
+            store.insert_message(&message).unwrap();
+        };
+        let groups_finding = |store: &Store| {
+            store_checks(store, &config, now)
+                .into_iter()
+                .find(|f| f.check == "groups")
+                .unwrap()
+        };
+        // An hour of chatter, a bot's message, and the default trigger in a
+        // group whose own trigger is different: nothing to answer.
+        insert("slack:C1", "lunch at noon?", false);
+        insert("slack:C1", "sure", false);
+        insert("slack:C1", "@Talon says hi", true);
+        insert("dc:9", "@Talon hello", false);
+        let quiet = groups_finding(&store);
+        assert_eq!(quiet.level, Level::Ok, "{quiet:?}");
+
+        insert("slack:C1", "@talon where shall we eat?", false);
+        insert("dc:9", "!ask what is due", false);
+        let lagging = groups_finding(&store);
+        assert_eq!(lagging.level, Level::Warn, "{lagging:?}");
+        assert!(
+            lagging.detail.contains("family (1 waiting)")
+                && lagging.detail.contains("work (1 waiting)"),
+            "{lagging:?}"
+        );
     }
 }

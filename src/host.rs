@@ -30,6 +30,10 @@ use crate::actors::supervisor::{
     SupervisorSpec,
 };
 use crate::actors::terminal::{TerminalArgs, TerminalChannel};
+use crate::actors::token_manager::{
+    FromTokenManager, Kind as TokenKind, TokenManager, TokenManagerArgs, TOKEN_MANAGER,
+};
+use crate::auth::claude::RefreshSettings;
 use crate::channels::crash_backoff::{CrashLedger, STABLE_AFTER};
 use crate::channels::delivery::DeliveryPolicy;
 use crate::channels::discord::{Discord, DiscordSettings};
@@ -43,8 +47,8 @@ use crate::messages::RegisteredGroup;
 use crate::mount_security;
 use crate::paths::Paths;
 use crate::provider::{
-    AnthropicConfig, AnthropicProvider, Credential, OpenAiConfig, OpenAiProvider, Provider,
-    Providers, RetryPolicy, RoutingDecision, RoutingLog, ANTHROPIC_DEFAULT_BASE_URL,
+    AnthropicConfig, AnthropicProvider, OpenAiConfig, OpenAiProvider, Provider, Providers,
+    RetryPolicy, RoutingDecision, RoutingLog, SharedCredentials, ANTHROPIC_DEFAULT_BASE_URL,
 };
 use crate::store::Store;
 
@@ -88,25 +92,98 @@ pub enum HostError {
     Spawn(String),
 }
 
-/// Picks exactly one credential: an OAuth token first, else an API key, else
-/// the fallback key. Never two (seed lesson: a key silently overrides the
-/// subscription).
-pub fn pick_credential(config: &Config) -> Option<Credential> {
-    let s = &config.secrets;
-    if let Some(token) = &s.claude_oauth_token {
-        return Some(Credential::OAuthToken(token.clone()));
-    }
-    s.anthropic_api_key
+/// The credentials file the configuration names (or the CLI's default).
+pub fn credentials_file(config: &Config) -> Option<PathBuf> {
+    config
+        .auth
+        .credentials_file
         .as_ref()
-        .or(s.anthropic_api_key_fallback.as_ref())
-        .map(|key| Credential::ApiKey(key.clone()))
+        .map(PathBuf::from)
+        .or_else(crate::auth::claude::default_credentials_file)
 }
 
-/// The provider the configuration asks for.
+/// What the token manager starts from.
+pub fn token_manager_args(config: &Config, store: Store, paths: Paths) -> TokenManagerArgs {
+    let s = &config.secrets;
+    let a = &config.auth;
+    TokenManagerArgs {
+        credentials_file: credentials_file(config),
+        refresh: RefreshSettings {
+            token_url: a.token_url.clone(),
+            client_id: a.client_id.clone(),
+            scope: a.scope.clone(),
+        },
+        retry_base: a.refresh_retry_base,
+        env_oauth: s.claude_oauth_token.clone(),
+        api_key: s.anthropic_api_key.clone(),
+        fallback_key: s.anthropic_api_key_fallback.clone(),
+        store,
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default(),
+        paths,
+        threads: crate::auth::threads::ThreadsSettings {
+            base_url: a.threads_url.clone(),
+        },
+    }
+}
+
+/// Which credential a host with this configuration would use now, and how
+/// long an OAuth token from the file has left (for doctor and status; the
+/// running host asks its token manager).
+pub fn credential_in_use(config: &Config) -> (TokenKind, Option<i64>) {
+    let file_tokens = credentials_file(config)
+        .and_then(|path| crate::auth::claude::read_credentials(&path).ok().flatten());
+    let now = crate::store::now_millis();
+    let s = &config.secrets;
+    let kind = crate::actors::token_manager::choose(crate::actors::token_manager::Available {
+        file_token_valid: file_tokens.as_ref().is_some_and(|t| t.is_valid(now)),
+        file_configured: file_tokens.is_some(),
+        env_oauth: s.claude_oauth_token.is_some(),
+        api_key: s.anthropic_api_key.is_some(),
+        fallback_key: s.anthropic_api_key_fallback.is_some(),
+        exhausted: false,
+    });
+    // An expired token that can be refreshed is still the subscription.
+    let refreshable = file_tokens.as_ref().is_some_and(|t| t.refresh.is_some());
+    let kind = match kind {
+        TokenKind::FallbackKey | TokenKind::None if refreshable => TokenKind::OAuthFile,
+        other => other,
+    };
+    (kind, file_tokens.and_then(|t| t.expires_at_ms))
+}
+
+/// The credential a host with this configuration would send now (for the
+/// doctor's one proving call; the running host asks its token manager).
+pub fn credential_now(config: &Config) -> Option<crate::provider::Credential> {
+    use crate::provider::Credential;
+    let s = &config.secrets;
+    let file_token = credentials_file(config)
+        .and_then(|path| crate::auth::claude::read_credentials(&path).ok().flatten())
+        .filter(|t| t.is_valid(crate::store::now_millis()));
+    match credential_in_use(config).0 {
+        TokenKind::OAuthFile => file_token.map(|t| Credential::OAuthToken(t.access)),
+        TokenKind::OAuthEnv => s.claude_oauth_token.clone().map(Credential::OAuthToken),
+        TokenKind::ApiKey => s.anthropic_api_key.clone().map(Credential::ApiKey),
+        TokenKind::FallbackKey => s
+            .anthropic_api_key_fallback
+            .clone()
+            .or_else(|| s.anthropic_api_key.clone())
+            .map(Credential::ApiKey),
+        TokenKind::None => None,
+    }
+}
+
+/// The provider the configuration asks for. Its credential comes from the
+/// token manager for every call.
 pub fn build_provider(config: &Config, paths: &Paths) -> Result<Arc<dyn Provider>, HostError> {
-    let credential = pick_credential(config).ok_or_else(|| HostError::NoCredentials {
-        env_file: paths.env_file().display().to_string(),
-    })?;
+    if credential_in_use(config).0 == TokenKind::None {
+        return Err(HostError::NoCredentials {
+            env_file: paths.env_file().display().to_string(),
+        });
+    }
+    let credential: SharedCredentials = Arc::new(FromTokenManager);
     let p = &config.provider;
     let provider = AnthropicProvider::new(AnthropicConfig {
         base_url: p
@@ -128,6 +205,8 @@ fn retry_policy(config: &Config) -> RetryPolicy {
         max_retries: p.max_retries,
         base: p.retry_base,
         max_delay: p.max_retry_delay,
+        unreachable_after: p.unreachable_after,
+        probe_interval: p.probe_interval,
     }
 }
 
@@ -140,12 +219,13 @@ pub fn build_light_provider(config: &Config) -> Result<Option<Arc<dyn Provider>>
     };
     let provider: Arc<dyn Provider> = match p.light_kind.as_str() {
         "anthropic" => {
-            let credential = pick_credential(config).ok_or_else(|| {
-                HostError::Provider(
+            if credential_in_use(config).0 == TokenKind::None {
+                return Err(HostError::Provider(
                     "the anthropic LIGHT tier needs ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"
                         .into(),
-                )
-            })?;
+                ));
+            }
+            let credential: SharedCredentials = Arc::new(FromTokenManager);
             let base_url = p
                 .light_base_url
                 .clone()
@@ -488,6 +568,13 @@ fn router_spec(ctx: &Arc<HostContext>) -> ChildSpec {
     })
 }
 
+fn token_manager_spec(ctx: &Arc<HostContext>) -> ChildSpec {
+    let args = token_manager_args(&ctx.config, ctx.store.clone(), ctx.paths.clone());
+    ChildSpec::actor(TOKEN_MANAGER, Restart::Permanent, move || {
+        (TokenManager, args.clone())
+    })
+}
+
 fn scheduler_spec(ctx: &Arc<HostContext>) -> ChildSpec {
     let c = &ctx.config.container;
     let args = SchedulerArgs {
@@ -675,6 +762,7 @@ pub async fn start(ctx: Arc<HostContext>, channels: Channels) -> Result<Host, Ho
         intensity: default_intensity(),
         backoff: default_backoff(),
         children: vec![
+            token_manager_spec(&ctx),
             router_spec(&ctx),
             scheduler_spec(&ctx),
             // Read from the store at every (re)start, so groups registered

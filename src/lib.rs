@@ -10,6 +10,7 @@
 //! in [`actors`] receive, decide through them, and act.
 
 pub mod actors;
+pub mod auth;
 pub mod budget;
 pub mod channels;
 pub mod cli;

@@ -50,11 +50,26 @@ pub fn on_batch_failure(
     }
 }
 
-/// The one line a user sees when their message could not be processed.
-pub fn failure_notice(reason: &str) -> String {
+/// The one line a user sees when their message could not be processed:
+/// what went wrong and how many times talon tried.
+pub fn failure_notice(reason: &str, attempts: u32) -> String {
     let reason = reason.trim();
     let reason: String = reason.chars().take(300).collect();
-    format!("⚠️ Your message could not be processed: {reason}")
+    let reason = reason.replace(['\n', '\r'], " ");
+    let tried = match attempts {
+        0 | 1 => "tried once".to_string(),
+        n => format!("tried {n} times"),
+    };
+    format!("⚠️ Your message could not be processed ({tried}): {reason}")
+}
+
+/// The one line a chat hears when its batch waits out a provider outage.
+pub fn outage_notice(reason: &str) -> String {
+    let reason: String = reason.trim().chars().take(300).collect();
+    let reason = reason.replace(['\n', '\r'], " ");
+    format!(
+        "⚠️ The model provider is unreachable ({reason}). talon keeps trying and will answer as soon as it is back."
+    )
 }
 
 #[cfg(test)]
@@ -110,8 +125,15 @@ mod tests {
     #[test]
     fn the_notice_is_one_short_line() {
         let long = "x".repeat(1000);
-        let notice = failure_notice(&long);
+        let notice = failure_notice(&long, 6);
         assert!(notice.chars().count() < 400);
-        assert!(!failure_notice("boom\n").ends_with('\n'));
+        assert!(notice.contains("tried 6 times"), "{notice}");
+        assert!(!failure_notice("boom\nbang\n", 1).contains('\n'));
+        assert!(failure_notice("boom", 1).contains("tried once"));
+        let outage = outage_notice("could not reach it\n(refused)");
+        assert!(
+            !outage.contains('\n') && outage.contains("keeps trying"),
+            "{outage}"
+        );
     }
 }

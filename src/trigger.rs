@@ -8,6 +8,8 @@
 
 use regex::{Regex, RegexBuilder};
 
+use crate::messages::{RegisteredGroup, StoredMessage};
+
 /// `^@<regex-escaped name>\b`.
 ///
 /// The word boundary is added only when the name ends in a word character:
@@ -95,6 +97,35 @@ fn bot_mention_len(after_open: &str, bot_user_id: &str) -> Option<usize> {
 /// trigger matches.
 pub fn wakes_agent(is_main: bool, requires_trigger: bool, trigger: &Trigger, text: &str) -> bool {
     is_main || !requires_trigger || trigger.matches(text)
+}
+
+/// Whether a stored message of `group` should wake the agent: never a bot's
+/// message, else as [`wakes_agent`] says. The group queue, the terminal
+/// chat's recovery and `talon doctor` share it, so they never disagree
+/// about what is waiting for an answer.
+pub fn message_wakes_agent(
+    group: &RegisteredGroup,
+    trigger: &Trigger,
+    message: &StoredMessage,
+) -> bool {
+    !message.is_bot_message
+        && wakes_agent(
+            group.is_main,
+            group.requires_trigger,
+            trigger,
+            &message.content,
+        )
+}
+
+/// The trigger of `group`: its own pattern, else `configured`. A stored
+/// pattern that does not compile falls back to `configured`, as the group
+/// queue does.
+pub fn group_trigger(group: &RegisteredGroup, configured: &str) -> Result<Trigger, regex::Error> {
+    group
+        .trigger_pattern
+        .as_deref()
+        .map_or_else(|| Trigger::new(configured), Trigger::new)
+        .or_else(|_| Trigger::new(configured))
 }
 
 #[cfg(test)]

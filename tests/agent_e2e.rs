@@ -562,3 +562,64 @@ async fn a_second_chat_run_resumes_the_session_at_the_recorded_anchor() {
     );
     assert!(!body.to_string().contains("STRAY"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_cut_and_paused_replies_reach_the_chat_with_their_notices() {
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
+    let model = FakeAnthropic::start(vec![
+        // What the real API sends when the model declines: no content at all.
+        Reply::message(Vec::new(), "refusal"),
+        Reply::message(
+            vec![json!({"type": "text", "text": "The story begins"})],
+            "max_tokens",
+        ),
+        Reply::message(
+            vec![json!({"type": "text", "text": "Part one."})],
+            "pause_turn",
+        ),
+        Reply::text("Part two."),
+    ])
+    .await;
+    let home = Home::new();
+    let env = host_env(home.path(), &model.base_url);
+
+    // A refusal: the notice, a successful turn, and no retry.
+    let refused = chat(env.clone(), b"do something awful\n").await;
+    assert!(refused.status.success(), "stderr: {}", stderr_of(&refused));
+    assert_eq!(
+        stdout_of(&refused),
+        "[the model declined to answer this]\n",
+        "stderr: {}",
+        stderr_of(&refused)
+    );
+    assert_eq!(model.request_count(), 1, "a refusal was retried");
+
+    // A reply cut at max_tokens: its text, then the note.
+    let cut = chat(env.clone(), b"tell me a long story\n").await;
+    assert!(cut.status.success(), "stderr: {}", stderr_of(&cut));
+    assert_eq!(
+        stdout_of(&cut),
+        "The story begins\n\n[cut: the reply reached the length limit]\n"
+    );
+    assert_eq!(model.request_count(), 2);
+
+    // A paused turn is sent back and carries on in the same turn.
+    let paused = chat(env, b"research it\n").await;
+    assert!(paused.status.success(), "stderr: {}", stderr_of(&paused));
+    let stdout = stdout_of(&paused);
+    assert!(
+        stdout.contains("Part one.") && stdout.contains("Part two."),
+        "stdout: {stdout}"
+    );
+    let requests = model.requests();
+    assert_eq!(requests.len(), 4, "the pause, then its continuation");
+    let messages = requests[3].body["messages"].as_array().cloned();
+    let last = messages.as_ref().and_then(|m| m.last());
+    assert_eq!(
+        last.map(|m| (m["role"].clone(), m.to_string().contains("Part one."))),
+        Some((json!("assistant"), true)),
+        "the continuation ends with the paused reply: {messages:?}"
+    );
+}

@@ -8,7 +8,10 @@
 //! The chat-completions wire differs from the Messages API exactly where tools
 //! are concerned (arguments as a JSON string, results as `role: "tool"`
 //! messages), so this checks the tool loop survives the translation both ways,
-//! and that a group's own model reaches the wire and the routing log.
+//! and that a group's own model reaches the wire and the routing log. And a
+//! LIGHT call with broken arguments must not poison the group: it is answered
+//! with an error, and the group's next HEAVY turn sends its input as an
+//! object (the Messages API refuses anything else).
 
 mod support;
 
@@ -48,26 +51,9 @@ struct Outcome {
     heavy_requests: usize,
 }
 
-/// Registers the terminal as the main group (folder `main`), applies
-/// `configure` to it, then runs one `talon chat` turn in which the LIGHT fake
-/// writes a note with write_file, reads it back with read_file, and answers.
-async fn run_tool_scenario(configure: impl FnOnce(&[(String, String)])) -> Outcome {
-    let heavy =
-        FakeAnthropic::start(vec![fake_anthropic::Reply::text("heavy must not answer")]).await;
-    let light = FakeOpenAi::start_with_key(
-        vec![
-            Reply::tool_call(
-                "call_write",
-                "write_file",
-                json!({"path": "notes/hello.txt", "content": NOTE}),
-            ),
-            Reply::tool_call("call_read", "read_file", json!({"path": "notes/hello.txt"})),
-            Reply::text(FINAL_ANSWER),
-        ],
-        LIGHT_KEY,
-    )
-    .await;
-    let home = Home::new();
+/// The environment of a home whose HEAVY tier is `heavy` and LIGHT tier
+/// `light`, with the terminal registered as the main group (folder `main`).
+fn two_tier_home(home: &Home, heavy: &FakeAnthropic, light: &FakeOpenAi) -> Vec<(String, String)> {
     let mut env = host_env(home.path(), &heavy.base_url);
     // The router stays off: only the group's own setting can pick LIGHT.
     for (name, value) in [
@@ -90,6 +76,45 @@ async fn run_tool_scenario(configure: impl FnOnce(&[(String, String)])) -> Outco
             "--main",
         ],
     );
+    env
+}
+
+/// Pins the terminal's group to `tier` by its own container config.
+fn pin_tier(env: &[(String, String)], tier: &str) {
+    let config = format!(r#"{{"provider":{{"tier":"{tier}"}}}}"#);
+    talon_ok(
+        env,
+        &[
+            "groups",
+            "set",
+            TERMINAL_CHAT,
+            "--container-config",
+            &config,
+        ],
+    );
+}
+
+/// Registers the terminal as the main group (folder `main`), applies
+/// `configure` to it, then runs one `talon chat` turn in which the LIGHT fake
+/// writes a note with write_file, reads it back with read_file, and answers.
+async fn run_tool_scenario(configure: impl FnOnce(&[(String, String)])) -> Outcome {
+    let heavy =
+        FakeAnthropic::start(vec![fake_anthropic::Reply::text("heavy must not answer")]).await;
+    let light = FakeOpenAi::start_with_key(
+        vec![
+            Reply::tool_call(
+                "call_write",
+                "write_file",
+                json!({"path": "notes/hello.txt", "content": NOTE}),
+            ),
+            Reply::tool_call("call_read", "read_file", json!({"path": "notes/hello.txt"})),
+            Reply::text(FINAL_ANSWER),
+        ],
+        LIGHT_KEY,
+    )
+    .await;
+    let home = Home::new();
+    let env = two_tier_home(&home, &heavy, &light);
     configure(&env);
 
     let run_env = env.clone();
@@ -278,4 +303,105 @@ async fn a_group_model_is_what_the_light_tier_asks_for() {
     })
     .await;
     assert_light_tool_run(&outcome, "special-model");
+}
+
+/// A chat-completions reply calling `name` with `arguments` sent exactly as
+/// given (the fake's `tool_call` always sends valid JSON).
+fn raw_tool_call(id: &str, name: &str, arguments: &str) -> Reply {
+    Reply::Raw {
+        code: 200,
+        body: json!({
+            "id": "chatcmpl-raw",
+            "object": "chat.completion",
+            "created": 0,
+            "model": LIGHT_MODEL,
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": null, "tool_calls": [{
+                    "id": id, "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                }],
+            }}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }),
+    }
+}
+
+/// Runs `talon chat` on `input` and insists it succeeds; returns its stdout.
+async fn chat_ok(env: &[(String, String)], input: &'static [u8]) -> String {
+    let run_env = env.to_vec();
+    let output = tokio::task::spawn_blocking(move || piped_chat(&run_env, input, LIMIT))
+        .await
+        .expect("the chat thread");
+    assert!(output.status.success(), "stderr: {}", stderr_of(&output));
+    stdout_of(&output)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_light_tool_call_is_refused_and_the_heavy_tier_gets_an_object_input() {
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
+    let heavy = FakeAnthropic::start(vec![fake_anthropic::Reply::text("heavy: all clear")]).await;
+    let light = FakeOpenAi::start_with_key(
+        vec![
+            // Cut off mid-string: not JSON at all.
+            raw_tool_call(
+                "call_bad",
+                "write_file",
+                r#"{"path": "notes/bad.txt", "content": "half"#,
+            ),
+            Reply::text("that call was broken"),
+        ],
+        LIGHT_KEY,
+    )
+    .await;
+    let home = Home::new();
+    let env = two_tier_home(&home, &heavy, &light);
+    pin_tier(&env, "light");
+    let first = chat_ok(&env, b"write me a note\n").await;
+    assert_eq!(first, "that call was broken\n");
+
+    // The LIGHT model was told its arguments were unreadable; nothing ran.
+    let light_requests = light.requests();
+    assert_eq!(light_requests.len(), 2, "the call, then the answer");
+    let results = tool_messages(&light_requests[1].body);
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].0, "call_bad");
+    assert!(
+        results[0]
+            .1
+            .starts_with("Error: the tool call's arguments were not valid JSON"),
+        "{results:?}"
+    );
+    assert!(!home.path().join("groups/main/notes/bad.txt").exists());
+    assert_eq!(heavy.request_count(), 0);
+
+    // The same group's next turn goes to HEAVY with the whole session.
+    pin_tier(&env, "heavy");
+    let second = chat_ok(&env, b"what went wrong?\n").await;
+    assert_eq!(second, "heavy: all clear\n");
+    let heavy_requests = heavy.message_requests();
+    assert_eq!(heavy_requests.len(), 1, "the fake refused nothing");
+    let body = &heavy_requests[0].body;
+    let blocks: Vec<&Value> = body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["content"].as_array())
+        .flatten()
+        .collect();
+    let call = blocks
+        .iter()
+        .find(|b| b["type"] == "tool_use")
+        .unwrap_or_else(|| panic!("the LIGHT call is in the session: {body}"));
+    assert_eq!(call["id"], "call_bad", "{body}");
+    assert_eq!(call["name"], "write_file", "{body}");
+    assert!(call["input"].is_object(), "{body}");
+    let result = blocks
+        .iter()
+        .find(|b| b["type"] == "tool_result")
+        .unwrap_or_else(|| panic!("the call's result is in the session: {body}"));
+    assert_eq!(result["tool_use_id"], "call_bad", "{body}");
+    assert_eq!(result["is_error"], true, "{body}");
+    assert_eq!(light.request_count(), 2, "LIGHT was asked again");
 }

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use support::fake_anthropic::{FakeAnthropic, Reply};
 use support::*;
+use talon::actors::terminal::TERMINAL_CHAT;
+use talon::messages::InboundMessage;
+use talon::store::Store;
 
 /// A fake model that answers `reply to: <what the user typed>`.
 async fn replying_model() -> FakeAnthropic {
@@ -43,10 +46,49 @@ async fn a_piped_chat_gets_the_agents_answer() {
         "a container was left behind"
     );
     // The run left its log in the group's folder.
-    let logs: Vec<_> = std::fs::read_dir(home.path().join("groups/main/logs"))
+    let logs: Vec<_> = std::fs::read_dir(home.path().join("logs/containers/main"))
         .unwrap()
         .collect();
     assert_eq!(logs.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_piped_chat_answers_what_a_killed_run_left_unanswered() {
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
+    let model = replying_model().await;
+    let home = Home::new();
+    // What a run killed right after storing a line leaves behind: the
+    // message stored as the router stores it, the cursor still before it.
+    let paths = home.paths();
+    paths.ensure().unwrap();
+    let store = Store::open(&paths.db()).unwrap();
+    let seq = store
+        .insert_message(&InboundMessage {
+            chat_id: TERMINAL_CHAT.into(),
+            platform_msg_id: "killed-run-1".into(),
+            sender_id: "you".into(),
+            sender_name: "you".into(),
+            content: "are you still there?".into(),
+            timestamp: talon::store::now_millis(),
+            is_from_me: false,
+            is_bot_message: false,
+            reply_to: None,
+            thread_id: None,
+        })
+        .unwrap()
+        .expect("a new message");
+    drop(store);
+    let env = host_env(home.path(), &model.base_url);
+    let output = tokio::task::spawn_blocking(move || piped_chat(&env, b"", LIMIT))
+        .await
+        .unwrap();
+    assert!(output.status.success(), "stderr: {}", stderr_of(&output));
+    assert_eq!(stdout_of(&output), "reply to: are you still there?\n");
+    assert_eq!(model.request_count(), 1);
+    let store = Store::open(&paths.db()).unwrap();
+    assert!(store.cursor(TERMINAL_CHAT).unwrap() >= seq);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -205,4 +247,23 @@ fn an_unreachable_docker_engine_is_one_clear_line() {
     let stderr = stderr_of(&output);
     assert_eq!(stderr.trim().lines().count(), 1, "stderr: {stderr}");
     assert!(stderr.contains("Docker engine"), "{stderr}");
+}
+
+#[test]
+fn a_base_url_with_an_empty_port_fails_at_once_naming_the_variable() {
+    let home = Home::new();
+    let env = host_env(home.path(), "http://127.0.0.1:");
+    let started = std::time::Instant::now();
+    // Bounded: the bug this guards against was a silent hang.
+    let output = piped_chat(&env, b"hi\n", Duration::from_secs(20));
+    let took = started.elapsed();
+    let stderr = stderr_of(&output);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(stderr.trim().lines().count(), 1, "stderr: {stderr}");
+    assert!(
+        stderr.contains("ANTHROPIC_BASE_URL") && stderr.contains("empty port"),
+        "{stderr}"
+    );
+    assert_eq!(stdout_of(&output), "");
 }

@@ -54,8 +54,64 @@ async fn a_runner_that_never_answers_is_killed_at_the_hard_timeout() {
     assert_eq!(log_field(&logs[0], "hard_killed"), Some("true"));
     let ran_ms: u64 = log_field(&logs[0], "duration_ms").unwrap().parse().unwrap();
     // The graceful close at 300 ms could not end a turn that never ends; the
-    // kill came at the 1 s hard timeout, within a second of it.
-    assert!((1000..2000).contains(&ran_ms), "ran {ran_ms} ms");
+    // kill came 1 s after the runner's last sign of life (its model request),
+    // not after the provider's 600 s (how long the start took under load
+    // varies, so only the order of magnitude is asserted).
+    assert!((1000..15_000).contains(&ran_ms), "ran {ran_ms} ms");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_working_agent_outlives_the_hard_timeout_because_it_is_not_silent() {
+    let Some(_docker) = docker_with_image().await else {
+        return;
+    };
+    // One bash call that runs 10 s, then text quoting its result. The hard
+    // timeout is 4 s of silence: the runner's heartbeat (every second while
+    // the tool runs) keeps it alive, as model calls and output would.
+    let model = FakeAnthropic::start_with(|body| {
+        let ran = body["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+            .any(|b| b["type"] == "tool_result");
+        if ran {
+            Reply::text("slept well")
+        } else {
+            Reply::tool_use(
+                "toolu_1",
+                "bash",
+                serde_json::json!({"command": "sleep 10; echo awake", "timeout_seconds": 60}),
+            )
+        }
+    })
+    .await;
+    let home = Home::new();
+    let mut env = host_env(home.path(), &model.base_url);
+    for (k, v) in [
+        ("TALON_CONTAINER_IDLE_TIMEOUT", "2s"),
+        ("TALON_CONTAINER_CLOSE_GRACE", "2s"),
+        ("TALON_CONTAINER_TIMEOUT", "4s"),
+        ("TALON_QUEUE_MAX_RETRIES", "0"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let output = tokio::task::spawn_blocking(move || piped_chat(&env, b"take a nap\n", LIMIT))
+        .await
+        .unwrap();
+    assert!(output.status.success(), "stderr: {}", stderr_of(&output));
+    assert_eq!(stdout_of(&output), "slept well\n");
+    let logs = run_logs(home.path(), "main");
+    assert_eq!(logs.len(), 1);
+    assert_eq!(
+        log_field(&logs[0], "hard_killed"),
+        Some("false"),
+        "{}",
+        logs[0]
+    );
+    assert_eq!(log_field(&logs[0], "exit_code"), Some("0"), "{}", logs[0]);
+    let ran_ms: u64 = log_field(&logs[0], "duration_ms").unwrap().parse().unwrap();
+    assert!(ran_ms > 10_000, "ran {ran_ms} ms");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -587,7 +587,7 @@ async fn an_oversized_batch_is_cut_with_a_note_and_answered() {
     assert!(reply.contains("cut: true"), "{reply}");
     for request in model.requests() {
         let prompt = last_user_text(&request.body);
-        assert!(prompt.len() <= 1_000_000, "{} bytes sent", prompt.len());
+        assert!(prompt.len() <= 2_097_152, "{} bytes sent", prompt.len());
     }
     host.stop().await;
 }

@@ -227,7 +227,7 @@ fn invalid_settings_are_refused_naming_the_field_and_nothing_is_stored() {
         (&["--timeout", "2days"], &["timeout must be between"]),
         (
             &["--secret", "ANTHROPIC_API_KEY"],
-            &["secrets", "ANTHROPIC_API_KEY", "model credential"],
+            &["secrets", "ANTHROPIC_API_KEY", "credential the host keeps"],
         ),
         (
             &[

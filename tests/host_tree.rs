@@ -150,7 +150,10 @@ async fn a_killed_router_is_restarted_and_the_tree_is_dumped() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["channels", "groups", "router", "scheduler"]);
+    assert_eq!(
+        names,
+        vec!["channels", "groups", "router", "scheduler", "token-manager"]
+    );
     let root_children = tree["state"]["children"].as_array().unwrap();
     let router_report = root_children
         .iter()
@@ -302,6 +305,7 @@ async fn a_due_task_runs_before_the_groups_waiting_messages_and_idle_slots_are_y
         ractor::call!(queue, |reply| GroupQueueMsg::TaskDue(DueTask {
             task_id: "daily-digest".into(),
             prompt: "summarise the day".into(),
+            isolated: false,
             done: Some(reply),
         }))
     });

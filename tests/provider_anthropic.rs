@@ -21,13 +21,14 @@ const OAUTH_TOKEN: &str = "sk-ant-oat-canary-token";
 fn config(base_url: &str, credential: Credential) -> AnthropicConfig {
     AnthropicConfig {
         base_url: base_url.to_string(),
-        credential,
+        credential: credential.into(),
         model: "claude-test-model".into(),
         request_timeout: Duration::from_secs(5),
         retry: RetryPolicy {
             max_retries: 3,
             base: Duration::from_millis(1),
             max_delay: Duration::from_millis(20),
+            ..RetryPolicy::default()
         },
     }
 }
@@ -417,7 +418,7 @@ async fn a_reply_slower_than_the_request_timeout_is_temporary_and_retried() {
 }
 
 #[tokio::test]
-async fn a_refused_connection_is_temporary_after_retries() {
+async fn a_refused_connection_is_unavailable_after_retries_and_says_what_was_tried() {
     // A port that was free a moment ago: nothing listens there now.
     let address = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -430,10 +431,19 @@ async fn a_refused_connection_is_temporary_after_retries() {
         .complete(ask("hi"))
         .await
         .expect_err("nothing listening");
-    assert_eq!(failure.kind, ErrorKind::Temporary);
-    assert_eq!(
-        failure.message,
-        format!("could not reach the model provider at {base_url} after 1 retry")
+    // Nothing answers at all: the provider's circuit opens (issue 11).
+    assert_eq!(failure.kind, ErrorKind::Unavailable);
+    assert!(
+        failure.message.starts_with(&format!(
+            "could not reach the model provider at {base_url} ("
+        )),
+        "{}",
+        failure.message
+    );
+    assert!(
+        failure.message.ends_with("after 1 retry"),
+        "{}",
+        failure.message
     );
 }
 
@@ -517,4 +527,64 @@ async fn each_retry_is_logged_with_status_attempt_and_delay_but_never_the_creden
         !text.contains(OAUTH_TOKEN) && !text.contains(API_KEY),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_transcript_holding_a_string_tool_input_is_sent_with_an_object() {
+    // What an older LIGHT-tier turn left in a group's transcript.
+    let fake = FakeAnthropic::start(vec![Reply::text("fine")]).await;
+    let mut request = ask("write it");
+    request.messages.push(ChatMessage {
+        role: Role::Assistant,
+        content: vec![ContentBlock::ToolUse {
+            id: "call_1".into(),
+            name: "write_file".into(),
+            input: serde_json::Value::String("{\"path\": \"a".into()),
+        }],
+    });
+    request.messages.push(ChatMessage {
+        role: Role::User,
+        content: vec![ContentBlock::ToolResult {
+            tool_use_id: "call_1".into(),
+            content: "bad input".into(),
+            is_error: true,
+        }],
+    });
+    // The fake refuses a non-object input, as the real API does.
+    let reply = provider(config(&fake.base_url, api_key()))
+        .complete(request)
+        .await
+        .expect("the request is accepted");
+    assert_eq!(text_of(&reply.content), vec!["fine"]);
+    let body = &fake.requests()[0].body;
+    assert_eq!(
+        body["messages"][1]["content"][0],
+        serde_json::json!({"type": "tool_use", "id": "call_1", "name": "write_file", "input": {}})
+    );
+}
+
+#[tokio::test]
+async fn refusals_cuts_and_pauses_arrive_with_their_stop_reason_and_content() {
+    let fake = FakeAnthropic::start(vec![
+        Reply::message(Vec::new(), "refusal"),
+        Reply::message(
+            vec![serde_json::json!({"type": "text", "text": "The first"})],
+            "max_tokens",
+        ),
+        Reply::message(
+            vec![serde_json::json!({"type": "text", "text": "Searching"})],
+            "pause_turn",
+        ),
+    ])
+    .await;
+    let provider = provider(config(&fake.base_url, api_key()));
+    let refused = provider.complete(ask("x")).await.expect("a reply");
+    assert_eq!(refused.stop_reason.as_deref(), Some("refusal"));
+    assert!(refused.content.is_empty());
+    let cut = provider.complete(ask("x")).await.expect("a reply");
+    assert_eq!(cut.stop_reason.as_deref(), Some("max_tokens"));
+    assert_eq!(text_of(&cut.content), vec!["The first"]);
+    let paused = provider.complete(ask("x")).await.expect("a reply");
+    assert_eq!(paused.stop_reason.as_deref(), Some("pause_turn"));
+    assert_eq!(text_of(&paused.content), vec!["Searching"]);
 }

@@ -27,6 +27,7 @@ fn provider(base_url: &str, api_key: Option<&str>) -> OpenAiProvider {
             max_retries: 2,
             base: Duration::from_millis(1),
             max_delay: Duration::from_millis(20),
+            ..RetryPolicy::default()
         },
         api_key_env: "COPILOT_API_KEY".into(),
     })
@@ -235,4 +236,66 @@ async fn a_400_is_permanent_with_the_servers_reason() {
         "{}",
         failure.message
     );
+}
+
+/// A 200 chat-completions body with one choice.
+fn completion(message: serde_json::Value, finish_reason: &str) -> Reply {
+    Reply::Raw {
+        code: 200,
+        body: json!({"id": "chatcmpl-raw", "object": "chat.completion",
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}),
+    }
+}
+
+#[tokio::test]
+async fn unreadable_arguments_become_a_marked_object_and_refusals_cuts_and_filters_a_stop_reason() {
+    let fake = FakeOpenAi::start(vec![
+        completion(
+            json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "bash", "arguments": "{\"command\": \"ls"}}]}),
+            "tool_calls",
+        ),
+        completion(
+            json!({"role": "assistant", "content": null, "refusal": "I can't help with that."}),
+            "stop",
+        ),
+        completion(
+            json!({"role": "assistant", "content": "The first"}),
+            "length",
+        ),
+        completion(
+            json!({"role": "assistant", "content": ""}),
+            "content_filter",
+        ),
+    ])
+    .await;
+    let provider = provider(&fake.base_url, None);
+    let call = provider.complete(ask("x")).await.expect("a reply");
+    assert_eq!(call.stop_reason.as_deref(), Some("tool_use"));
+    match call.content.as_slice() {
+        [ContentBlock::ToolUse { id, input, .. }] => {
+            assert_eq!(id, "call_1");
+            let why = input[talon::messages::wire::INVALID_TOOL_INPUT_KEY]
+                .as_str()
+                .unwrap_or_default();
+            assert!(why.contains("not valid JSON"), "{input}");
+        }
+        other => panic!("expected one tool call, got {other:?}"),
+    }
+    let refused = provider.complete(ask("x")).await.expect("a reply");
+    assert_eq!(refused.stop_reason.as_deref(), Some("refusal"));
+    assert!(refused.content.is_empty(), "{:?}", refused.content);
+    let cut = provider.complete(ask("x")).await.expect("a reply");
+    assert_eq!(cut.stop_reason.as_deref(), Some("max_tokens"));
+    assert_eq!(
+        cut.content,
+        vec![ContentBlock::Text {
+            text: "The first".into()
+        }]
+    );
+    let filtered = provider.complete(ask("x")).await.expect("a reply");
+    assert_eq!(filtered.stop_reason.as_deref(), Some("content_filter"));
+    assert!(filtered.content.is_empty());
 }

@@ -106,3 +106,86 @@ async fn due_tasks_fire_once_deliver_their_output_and_are_logged() {
     assert_eq!(host.store.task_runs("late").unwrap().len(), 1);
     host.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_isolated_task_runs_in_a_fresh_session_and_leaves_the_groups_alone() {
+    let _one = ONE_HOST.lock().await;
+    let Some(docker) = docker_with_image().await else {
+        return;
+    };
+    // Says how many user turns the conversation it was sent holds.
+    let model = support::fake_anthropic::FakeAnthropic::start_with(|body| {
+        let turns = body["messages"]
+            .as_array()
+            .map_or(0, |m| m.iter().filter(|m| m["role"] == "user").count());
+        let text = last_user_text(body);
+        let shown = if text.contains("</message>") {
+            last_message_text(&text)
+        } else {
+            text
+        };
+        support::fake_anthropic::Reply::text(format!("{turns} turn(s): {shown}"))
+    })
+    .await;
+    let mut host = start_host(docker, &model, &[group(TERMINAL_CHAT, "main", true, false)]).await;
+    router()
+        .cast(talon::actors::router::RouterMsg::Inbound(message(
+            TERMINAL_CHAT,
+            "m1",
+            "hello",
+        )))
+        .unwrap();
+    assert_eq!(
+        host.next_reply().await,
+        TerminalOutput::Reply("1 turn(s): hello".into())
+    );
+    // The turn's result (and so the session) follows its output.
+    let store = host.store.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the group's session", Duration::from_secs(30), || {
+            store.session("main").unwrap().is_some()
+        })
+    })
+    .await
+    .unwrap();
+    let before = host.store.session("main").unwrap().expect("a session");
+
+    // While the group's container is still warm, an isolated task is due.
+    let mut isolated = task(
+        "iso",
+        ScheduleKind::Once,
+        "2030-01-01T00:00:00Z",
+        "check the weather",
+        talon::store::now_millis(),
+    );
+    isolated.context_mode = ContextMode::Isolated;
+    host.store.insert_task(&isolated).unwrap();
+    talon::actors::scheduler::wake_scheduler();
+    match host.next_reply().await {
+        // A fresh conversation: only the task's own turn.
+        TerminalOutput::Reply(text) => {
+            assert!(text.starts_with("1 turn(s)"), "{text}");
+            assert!(text.contains("check the weather"), "{text}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        host.store.session("main").unwrap().as_ref(),
+        Some(&before),
+        "the isolated task moved the group's session"
+    );
+
+    // The group's conversation goes on where it was.
+    router()
+        .cast(talon::actors::router::RouterMsg::Inbound(message(
+            TERMINAL_CHAT,
+            "m2",
+            "again",
+        )))
+        .unwrap();
+    assert_eq!(
+        host.next_reply().await,
+        TerminalOutput::Reply("2 turn(s): again".into())
+    );
+    host.stop().await;
+}

@@ -16,13 +16,15 @@ use serde_json::json;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::actors::container::{ContainerActor, ContainerArgs, ContainerEvent, ContainerMsg};
+use crate::container_config::GroupContainerConfig;
 use crate::host::HostContext;
 use crate::messages::channel::{channel_name, ChannelMsg};
 use crate::messages::wire::{ErrorKind, RunStatus, StartRun, PROTOCOL_VERSION};
 use crate::messages::{RegisteredGroup, StoredMessage};
-use crate::retry::{failure_notice, on_batch_failure, FailureDecision};
+use crate::provider::circuit::Circuit;
+use crate::retry::{failure_notice, on_batch_failure, outage_notice, FailureDecision};
 use crate::store::{FailedBatch, OutboxRow};
-use crate::trigger::{wakes_agent, Trigger};
+use crate::trigger::{message_wakes_agent, Trigger};
 
 /// The registry name of a group's queue actor.
 pub fn queue_name(folder: &str) -> String {
@@ -49,6 +51,9 @@ pub enum GroupQueueMsg {
 pub struct DueTask {
     pub task_id: String,
     pub prompt: String,
+    /// `context_mode = isolated`: a fresh session of its own, in a fresh
+    /// container; the group's session is neither used nor moved.
+    pub isolated: bool,
     /// Told how the run went (the scheduler logs it).
     pub done: Option<RpcReplyPort<TaskOutcome>>,
 }
@@ -66,6 +71,7 @@ pub struct TaskOutcome {
 /// A task the agent is working on.
 struct RunningTask {
     task_id: String,
+    isolated: bool,
     output: String,
     done: Option<RpcReplyPort<TaskOutcome>>,
 }
@@ -86,8 +92,13 @@ struct InFlight {
 
 struct Running {
     container: ActorRef<ContainerMsg>,
+    /// The circuit of the provider this container's runs use.
+    circuit: Option<Arc<Circuit>>,
     /// The close sentinel went out: new batches wait for a fresh container.
     closing: bool,
+    /// Runs an isolated task: nothing else is piped in, and its session is
+    /// never recorded as the group's.
+    isolated: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -106,6 +117,8 @@ pub struct GroupQueueState {
     retry_pending: bool,
     /// Set by a stale-session failure: the next run starts fresh.
     last_error: Option<String>,
+    /// The chat was told the provider is unreachable (once per outage).
+    outage_noticed: bool,
 }
 
 pub struct GroupQueue;
@@ -123,6 +136,9 @@ pub fn task_prompt(task_id: &str, prompt: &str, max_wire_bytes: usize) -> String
     }
     format!("<scheduled_task id=\"{id}\">{body}</scheduled_task>")
 }
+
+/// The secret whose freshness the token manager checks before a start.
+const THREADS_TOKEN: &str = crate::auth::threads::ACCESS_TOKEN_VAR;
 
 /// How many pending messages a queue looks through for one that wakes the agent.
 const PENDING_SCAN: usize = 10_000;
@@ -164,19 +180,10 @@ impl GroupQueue {
             .ctx
             .store
             .messages_after(&state.group.chat_id, cursor, PENDING_SCAN)?;
-        let group = &state.group;
         let batch = select_batch(
             &pending,
             state.ctx.config.queue.max_messages_per_prompt,
-            |m| {
-                !m.is_bot_message
-                    && wakes_agent(
-                        group.is_main,
-                        group.requires_trigger,
-                        &state.trigger,
-                        &m.content,
-                    )
-            },
+            |m| message_wakes_agent(&state.group, &state.trigger, m),
         );
         Ok(batch.map(<[StoredMessage]>::to_vec).unwrap_or_default())
     }
@@ -199,6 +206,7 @@ impl GroupQueue {
             );
             state.task_in_flight = Some(RunningTask {
                 task_id: task.task_id,
+                isolated: task.isolated,
                 output: String::new(),
                 done: task.done,
             });
@@ -263,6 +271,15 @@ impl GroupQueue {
             if running.closing {
                 return Ok(()); // the exit will pump again
             }
+            // An isolated task needs a container of its own, and nothing
+            // joins an isolated run: let this one go, the exit pumps again.
+            let next_is_isolated = state.due_tasks.front().is_some_and(|t| t.isolated);
+            if running.isolated || next_is_isolated {
+                if Self::has_work(state)? {
+                    Self::close_container(state);
+                }
+                return Ok(());
+            }
             // Warm path: the agent is idle in its container; pipe the batch in.
             let container = running.container.clone();
             if let Some(prompt) = Self::take_work(state)? {
@@ -309,8 +326,13 @@ impl GroupQueue {
         }
         let ctx = &state.ctx;
         let group = &state.group;
-        let session = ctx.store.session(&group.folder)?;
-        let start = StartRun {
+        let isolated = state.task_in_flight.as_ref().is_some_and(|t| t.isolated);
+        let session = if isolated {
+            None
+        } else {
+            ctx.store.session(&group.folder)?
+        };
+        let mut start = StartRun {
             protocol: PROTOCOL_VERSION,
             group_folder: group.folder.clone(),
             chat_id: group.chat_id.clone(),
@@ -320,11 +342,33 @@ impl GroupQueue {
             prompt,
             assistant_name: ctx.config.assistant.name.clone(),
             timezone: ctx.config.assistant.timezone.clone(),
+            heartbeat_ms: None,
         };
+        // A group given the Threads token gets a fresh one, or a clear
+        // refusal: an expired token must not fail silently inside the agent.
+        let needs_threads = GroupContainerConfig::of_group(group.container_config.as_deref())
+            .is_ok_and(|c| c.secrets.iter().any(|s| s == THREADS_TOKEN));
+        if needs_threads {
+            if let Err(reason) = crate::actors::token_manager::threads_ready().await {
+                tracing::warn!(group = %group.folder, %reason, "the Threads token cannot be used");
+                drop(permit);
+                if state.task_in_flight.is_some() {
+                    Self::finish_task(state, Some(reason));
+                } else {
+                    Self::on_failure(myself, state, ErrorKind::Auth, reason).await?;
+                }
+                return Ok(());
+            }
+        }
+        let ctx = &state.ctx;
+        let group = &state.group;
         // The tier (and so the provider) is decided per run (spec §7).
         let (provider, _routing) = ctx.provider_for_batch(group, &start.prompt);
+        let circuit = provider.circuit();
         let now = crate::store::now_millis();
         let plan = ctx.run_plan(group, now)?;
+        let heartbeat = crate::docker::heartbeat_interval(plan.hard_timeout);
+        start.heartbeat_ms = Some(heartbeat.as_millis() as u64);
         let spec = plan.spec;
         let log_path = ctx
             .paths
@@ -363,6 +407,8 @@ impl GroupQueue {
         .await?;
         state.running = Some(Running {
             container,
+            circuit,
+            isolated,
             closing: false,
             _permit: permit,
         });
@@ -372,6 +418,7 @@ impl GroupQueue {
     fn settle(state: &mut GroupQueueState, through_seq: i64) {
         state.in_flight = None;
         state.failures = 0;
+        state.outage_noticed = false;
         notify_settled(&state.group.chat_id, through_seq);
     }
 
@@ -459,7 +506,7 @@ impl GroupQueue {
                 let row = state
                     .ctx
                     .store
-                    .fail_batch(&failed, &failure_notice(&reason))?;
+                    .fail_batch(&failed, &failure_notice(&reason, attempts))?;
                 deliver_row(row);
                 Self::settle(state, batch.through_seq);
             }
@@ -480,7 +527,8 @@ impl GroupQueue {
                 }
             }
             ContainerEvent::TurnDone(result) => {
-                if let Some(session_id) = &result.session_id {
+                let isolated = state.running.as_ref().is_some_and(|r| r.isolated);
+                if let (Some(session_id), false) = (&result.session_id, isolated) {
                     state.ctx.store.set_session(
                         &state.group.folder,
                         session_id,
@@ -497,6 +545,10 @@ impl GroupQueue {
                         ),
                     };
                     Self::finish_task(state, error);
+                    if isolated {
+                        // Its session ends with it.
+                        Self::close_container(state);
+                    }
                     Self::pump(myself, state).await?;
                     Self::yield_idle_slot(state);
                     return Ok(());
@@ -526,7 +578,13 @@ impl GroupQueue {
                             return Ok(());
                         }
                         let kind = result.error_kind.unwrap_or(ErrorKind::Temporary);
-                        Self::on_failure(myself, state, kind, reason).await?;
+                        let circuit = state.running.as_ref().and_then(|r| r.circuit.clone());
+                        match (kind, circuit) {
+                            (ErrorKind::Unavailable, Some(circuit)) => {
+                                Self::pause_for_provider(myself, state, circuit, reason).await?;
+                            }
+                            _ => Self::on_failure(myself, state, kind, reason).await?,
+                        }
                     }
                 }
                 Self::pump(myself, state).await?;
@@ -557,6 +615,42 @@ impl GroupQueue {
                 Self::pump(myself, state).await?;
             }
         }
+        Ok(())
+    }
+
+    /// The provider is down: the batch waits (its cursor unmoved, no retry
+    /// spent) until the provider's circuit closes, and the chat is told
+    /// once. Output already sent settles it as any failure would.
+    async fn pause_for_provider(
+        myself: &ActorRef<GroupQueueMsg>,
+        state: &mut GroupQueueState,
+        circuit: Arc<Circuit>,
+        reason: String,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(batch) = state.in_flight.clone() else {
+            return Ok(());
+        };
+        if batch.output_sent {
+            return Self::on_failure(myself, state, ErrorKind::Unavailable, reason).await;
+        }
+        tracing::warn!(group = %state.group.folder, %reason, "provider unreachable: batch paused until it answers");
+        state.in_flight = None;
+        state.retry_pending = true;
+        if !state.outage_noticed {
+            state.outage_noticed = true;
+            let row = state.ctx.store.record_notice(
+                &state.group.chat_id,
+                &state.group.folder,
+                &outage_notice(&reason),
+            )?;
+            deliver_row(row);
+        }
+        let me = myself.clone();
+        let closed = circuit.wait_closed();
+        tokio::spawn(async move {
+            closed.await;
+            let _ = me.cast(GroupQueueMsg::RetryDue);
+        });
         Ok(())
     }
 
@@ -662,6 +756,7 @@ impl Actor for GroupQueue {
             failures: 0,
             retry_pending: false,
             last_error: None,
+            outage_noticed: false,
         })
     }
 
@@ -710,6 +805,8 @@ impl Actor for GroupQueue {
                     "task_running": state.task_in_flight.as_ref().map(|t| t.task_id.clone()),
                     "failures": state.failures,
                     "retry_pending": state.retry_pending,
+                    "paused_for_provider": state.outage_noticed,
+                    "provider": state.running.as_ref().and_then(|r| r.circuit.as_ref()).map(|c| c.describe()),
                     "last_error": state.last_error,
                 }));
             }

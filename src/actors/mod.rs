@@ -9,3 +9,4 @@ pub mod scheduler;
 pub mod socket;
 pub mod supervisor;
 pub mod terminal;
+pub mod token_manager;

@@ -186,6 +186,7 @@ fn dispatch(task: TaskRow, args: &SchedulerArgs) {
     let due = DueTask {
         task_id: task.id.clone(),
         prompt: task.prompt.clone(),
+        isolated: task.context_mode == crate::store::ContextMode::Isolated,
         done: Some(tx.into()),
     };
     if queue.send_message(GroupQueueMsg::TaskDue(due)).is_err() {

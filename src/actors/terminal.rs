@@ -7,7 +7,9 @@
 //! replies (printing them and marking them sent) and reports when a message
 //! has been dealt with. When stdin is not a terminal the input runs
 //! lock-step: one message in flight at a time, and it finishes once stdin has
-//! closed and the last message has been answered.
+//! closed and the last message has been answered. Messages of the chat that
+//! a killed run accepted but never answered count as in flight from the
+//! start (see [`TerminalArgs::recovered_through`]).
 
 use std::sync::Arc;
 
@@ -37,6 +39,10 @@ pub struct TerminalArgs {
     pub output: mpsc::UnboundedSender<TerminalOutput>,
     /// One permit per message that may be in flight (lock-step mode).
     pub gate: Arc<Semaphore>,
+    /// The last unanswered message recovered at start, when the caller
+    /// took the gate's permit for them: it comes back only once the agent
+    /// has settled the chat through this message.
+    pub recovered_through: Option<i64>,
 }
 
 pub struct TerminalChannel;
@@ -44,6 +50,8 @@ pub struct TerminalChannel;
 pub struct TerminalState {
     args: TerminalArgs,
     delivered: u64,
+    /// Recovered messages not all settled yet (from the arguments).
+    recovering: Option<i64>,
 }
 
 impl Actor for TerminalChannel {
@@ -57,7 +65,11 @@ impl Actor for TerminalChannel {
         args: TerminalArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         crate::dump::register_inspectable(&myself, "channel", ChannelMsg::Inspect);
-        Ok(TerminalState { args, delivered: 0 })
+        Ok(TerminalState {
+            recovering: args.recovered_through,
+            args,
+            delivered: 0,
+        })
     }
 
     async fn handle(
@@ -78,11 +90,20 @@ impl Actor for TerminalChannel {
                     state.delivered += 1;
                 }
             }
-            ChannelMsg::Settled { chat_id, .. } => {
+            ChannelMsg::Settled {
+                chat_id,
+                through_seq,
+            } => {
+                // Recovered messages may take several batches: the gate
+                // stays shut until the last of them is settled.
+                let recovered_pending = state.recovering.is_some_and(|last| through_seq < last);
                 // Never more than one message in flight, even if an old batch
                 // (recovered at startup) settles too.
-                if chat_id == state.args.chat_id && state.args.gate.available_permits() == 0 {
-                    state.args.gate.add_permits(1);
+                if chat_id == state.args.chat_id && !recovered_pending {
+                    state.recovering = None;
+                    if state.args.gate.available_permits() == 0 {
+                        state.args.gate.add_permits(1);
+                    }
                 }
             }
             ChannelMsg::Working { .. } | ChannelMsg::Connection(_) => {}
@@ -110,13 +131,16 @@ impl Actor for TerminalChannel {
 
 /// Feeds lines to the router as messages from `sender`. In lock-step mode
 /// each line waits for the previous one to be settled. `finished` fires once
-/// the input has ended and (lock-step) the last message has been answered.
+/// the input has ended and (lock-step) the last message has been answered;
+/// with `recovering` (the gate is held by messages recovered at start) that
+/// includes them, even when no line comes.
 pub fn spawn_input(
     mut lines: mpsc::Receiver<String>,
     chat_id: String,
     sender: String,
     gate: Arc<Semaphore>,
     lock_step: bool,
+    recovering: bool,
     finished: oneshot::Sender<()>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -148,7 +172,7 @@ pub fn spawn_input(
             };
             submit_to_router(message).await;
         }
-        if lock_step && count > 0 {
+        if lock_step && (count > 0 || recovering) {
             // The last message is answered when its permit comes back.
             if let Ok(permit) = gate.acquire().await {
                 permit.forget();

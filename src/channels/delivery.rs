@@ -99,14 +99,17 @@ pub fn after_failure(policy: &DeliveryPolicy, attempt: u32, failure: &SendFailur
     match failure.kind {
         ErrorKind::Auth => NextStep::Fatal,
         ErrorKind::Permanent => NextStep::GiveUp,
-        ErrorKind::RateLimited | ErrorKind::Temporary if attempt >= policy.max_attempts => {
+        ErrorKind::RateLimited | ErrorKind::Temporary | ErrorKind::Unavailable
+            if attempt >= policy.max_attempts =>
+        {
             NextStep::GiveUp
         }
-        ErrorKind::RateLimited | ErrorKind::Temporary => {
+        ErrorKind::RateLimited | ErrorKind::Temporary | ErrorKind::Unavailable => {
             let retry = RetryPolicy {
                 max_retries: policy.max_attempts,
                 base: policy.base,
                 max_delay: policy.max_delay,
+                ..RetryPolicy::default()
             };
             NextStep::Retry(retry_delay(&retry, attempt, failure.retry_after))
         }

@@ -474,7 +474,8 @@ impl WebFetcher {
             .dns_resolver(CheckedResolver {
                 guard: Arc::clone(&guard),
             })
-            .timeout(config.timeout)
+            // No per-request timeout: the one in `fetch` covers the whole
+            // fetch, redirects included, and says so in its own words.
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .user_agent(concat!("talon/", env!("CARGO_PKG_VERSION")))

@@ -3,10 +3,12 @@
 //! Authenticates with either an API key (`x-api-key`) or a Claude OAuth token
 //! (`authorization: Bearer` plus the OAuth beta header), never both. Tool
 //! definitions and `tool_use` / `tool_result` blocks travel in the API's own
-//! shape, which the wire [`ContentBlock`] already mirrors. Retries and
-//! failure sentences are the shared ones in `http.rs`; the credential never
-//! appears in a message or a log line.
+//! shape, which the wire [`ContentBlock`] already mirrors, except that a
+//! `tool_use` input is always sent as an object (`object_inputs`). Retries
+//! and failure sentences are the shared ones in `http.rs`; the credential
+//! never appears in a message or a log line.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +16,8 @@ use futures::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
 
+use super::circuit::Circuit;
+use super::credential::SharedCredentials;
 use super::http::{self, CallContext};
 use super::{Credential, ErrorKind, ModelFailure, ModelReply, ModelRequest, Provider, RetryPolicy};
 use crate::messages::wire::{ChatMessage, ContentBlock, ToolSpec};
@@ -26,16 +30,29 @@ const API_VERSION: &str = "2023-06-01";
 const OAUTH_BETA: &str = "oauth-2025-04-20";
 
 /// Everything an [`AnthropicProvider`] needs. `Debug` is safe to log: the
-/// credential is redacted.
-#[derive(Clone, Debug)]
+/// credential is never shown.
+#[derive(Clone)]
 pub struct AnthropicConfig {
     /// Scheme and host, without `/v1`: [`ANTHROPIC_DEFAULT_BASE_URL`] or a proxy.
     pub base_url: String,
-    pub credential: Credential,
+    /// Asked for the credential of every call (the token manager, or a
+    /// fixed one).
+    pub credential: SharedCredentials,
     pub model: String,
     /// Limit for one attempt (connect, send, and read the whole reply).
     pub request_timeout: Duration,
     pub retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for AnthropicConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnthropicConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("request_timeout", &self.request_timeout)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Calls the Anthropic Messages API. Cheap to share: one connection pool.
@@ -43,9 +60,10 @@ pub struct AnthropicConfig {
 pub struct AnthropicProvider {
     client: reqwest::Client,
     messages_url: reqwest::Url,
-    /// Version, content type and the credential (marked sensitive, so
-    /// reqwest's own `Debug` hides it too).
-    headers: HeaderMap,
+    /// The base URL itself, which an open circuit's probe asks.
+    probe_url: reqwest::Url,
+    /// Shared by every copy ([`Provider::with_model`]): one per endpoint.
+    circuit: Arc<Circuit>,
     config: AnthropicConfig,
 }
 
@@ -54,12 +72,14 @@ impl AnthropicProvider {
     /// credential is reported at start-up, not on the first message.
     pub fn new(config: AnthropicConfig) -> Result<Self, ModelFailure> {
         let messages_url = http::endpoint("Anthropic", &config.base_url, "/v1/messages")?;
-        let headers = request_headers(&config.credential)?;
+        let probe_url = http::endpoint("Anthropic", &config.base_url, "/")?;
         let client = http::client(config.request_timeout)?;
+        let circuit = Circuit::new("anthropic", config.retry.probe_interval);
         Ok(AnthropicProvider {
             client,
             messages_url,
-            headers,
+            probe_url,
+            circuit,
             config,
         })
     }
@@ -68,24 +88,56 @@ impl AnthropicProvider {
         &self,
         request: ModelRequest,
     ) -> Result<ModelReply, ModelFailure> {
+        let messages = object_inputs(&request.messages);
         let body = MessagesBody {
             model: &self.config.model,
             max_tokens: request.max_tokens,
             system: &request.system,
-            messages: &request.messages,
+            messages: &messages,
             tools: &request.tools,
         };
-        let context = call_context(&self.config);
-        http::complete_with_retries(&self.config.retry, &context, || {
+        let source = &self.config.credential;
+        let credential = source.current().await.ok_or_else(no_credential)?;
+        let failure = match self.call(&body, &credential).await {
+            Err(failure) => failure,
+            done => return done,
+        };
+        if !matches!(credential, Credential::OAuthToken(_)) {
+            return Err(failure);
+        }
+        // An OAuth token the API refuses gets one forced refresh and one
+        // retry; a spent subscription, one retry on the fallback key.
+        let next = if failure.kind == ErrorKind::Auth {
+            source.rejected(credential).await
+        } else if http::is_usage_limit(&failure) {
+            source.exhausted(credential).await
+        } else {
+            None
+        };
+        match next {
+            Some(next) => self.call(&body, &next).await,
+            None => Err(failure),
+        }
+    }
+
+    /// One call (with its retries) under one credential.
+    async fn call(
+        &self,
+        body: &MessagesBody<'_>,
+        credential: &Credential,
+    ) -> Result<ModelReply, ModelFailure> {
+        let headers = request_headers(credential)?;
+        let context = call_context(&self.config, credential);
+        let call = http::complete_with_retries(&self.config.retry, &context, || {
             http::attempt(
                 &self.client,
                 &self.messages_url,
-                &self.headers,
-                &body,
+                &headers,
+                body,
                 parse_reply,
             )
-        })
-        .await
+        });
+        http::through_circuit(&self.circuit, &self.client, &self.probe_url, call).await
     }
 }
 
@@ -107,17 +159,32 @@ impl Provider for AnthropicProvider {
         Some(Arc::new(AnthropicProvider {
             client: self.client.clone(),
             messages_url: self.messages_url.clone(),
-            headers: self.headers.clone(),
+            probe_url: self.probe_url.clone(),
+            circuit: Arc::clone(&self.circuit),
             config: AnthropicConfig {
                 model: model.to_string(),
                 ..self.config.clone()
             },
         }))
     }
+
+    fn circuit(&self) -> Option<Arc<Circuit>> {
+        Some(Arc::clone(&self.circuit))
+    }
 }
 
-fn call_context(config: &AnthropicConfig) -> CallContext<'_> {
-    let (auth_hint, secret) = match &config.credential {
+/// No credential at all: what to set, in one line.
+fn no_credential() -> ModelFailure {
+    ModelFailure {
+        kind: ErrorKind::Auth,
+        message: "no model credential: sign in with `claude` (a Claude subscription) or set \
+                  ANTHROPIC_API_KEY_FALLBACK / ANTHROPIC_API_KEY"
+            .into(),
+    }
+}
+
+fn call_context<'a>(config: &'a AnthropicConfig, credential: &'a Credential) -> CallContext<'a> {
+    let (auth_hint, secret) = match credential {
         Credential::ApiKey(key) => ("check ANTHROPIC_API_KEY", key.expose()),
         Credential::OAuthToken(token) => (
             "the Claude login may have expired; sign in again",
@@ -183,6 +250,30 @@ struct MessagesBody<'a> {
     /// The API rejects an empty list; no tools means no field.
     #[serde(skip_serializing_if = "<[ToolSpec]>::is_empty")]
     tools: &'a [ToolSpec],
+}
+
+/// The messages with every `tool_use` input an object: the API refuses any
+/// other input, and a transcript written before the LIGHT tier normalised
+/// its calls may hold a string (unparseable arguments) or `null`. Those calls
+/// already have their results, so `{}` loses nothing the model needs.
+/// Borrowed when nothing needs fixing, which is every request in practice.
+fn object_inputs(messages: &[ChatMessage]) -> Cow<'_, [ChatMessage]> {
+    let not_object = |block: &ContentBlock| match block {
+        ContentBlock::ToolUse { input, .. } => !input.is_object(),
+        _ => false,
+    };
+    if !messages.iter().flat_map(|m| &m.content).any(not_object) {
+        return Cow::Borrowed(messages);
+    }
+    let mut fixed = messages.to_vec();
+    for block in fixed.iter_mut().flat_map(|m| &mut m.content) {
+        if let ContentBlock::ToolUse { input, .. } = block {
+            if !input.is_object() {
+                *input = serde_json::Value::Object(serde_json::Map::new());
+            }
+        }
+    }
+    Cow::Owned(fixed)
 }
 
 #[derive(Deserialize)]
@@ -253,11 +344,15 @@ mod tests {
     fn config(credential: Credential) -> AnthropicConfig {
         AnthropicConfig {
             base_url: "http://127.0.0.1:1".into(),
-            credential,
+            credential: credential.into(),
             model: "claude-test".into(),
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
         }
+    }
+
+    fn key() -> Credential {
+        Credential::ApiKey(Secret::new("sk-ant-canary"))
     }
 
     fn status_failure(code: u16, message: &str) -> AttemptFailure {
@@ -269,6 +364,7 @@ mod tests {
                 message: Some(message.into()),
             },
             retry_after: None,
+            unreachable: false,
         }
     }
 
@@ -345,6 +441,62 @@ mod tests {
             json["messages"][1]["content"][0],
             serde_json::json!({"type":"tool_result","tool_use_id":"toolu_1","content":"a.txt","is_error":false})
         );
+    }
+
+    #[test]
+    fn a_tool_use_input_is_always_sent_as_an_object() {
+        use crate::messages::wire::Role;
+        let call = |id: &str, input: serde_json::Value| ContentBlock::ToolUse {
+            id: id.into(),
+            name: "bash".into(),
+            input,
+        };
+        let messages = vec![
+            ChatMessage {
+                role: Role::User,
+                content: vec![ContentBlock::Text { text: "go".into() }],
+            },
+            ChatMessage {
+                role: Role::Assistant,
+                content: vec![
+                    call("t1", serde_json::json!("{broken")),
+                    call("t2", serde_json::Value::Null),
+                    call("t3", serde_json::json!([1, 2])),
+                    call("t4", serde_json::json!({"command": "ls"})),
+                ],
+            },
+        ];
+        let fixed = object_inputs(&messages);
+        assert!(matches!(fixed, Cow::Owned(_)));
+        let body = MessagesBody {
+            model: "m",
+            max_tokens: 64,
+            system: "",
+            messages: &fixed,
+            tools: &[],
+        };
+        let json = serde_json::to_value(&body).unwrap();
+        let inputs: Vec<&serde_json::Value> = json["messages"][1]["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|block| &block["input"])
+            .collect();
+        assert_eq!(
+            inputs,
+            [
+                &serde_json::json!({}),
+                &serde_json::json!({}),
+                &serde_json::json!({}),
+                &serde_json::json!({"command": "ls"}),
+            ]
+        );
+        // The rest of the conversation is untouched.
+        assert_eq!(json["messages"][0]["content"][0]["text"], "go");
+        assert_eq!(json["messages"][1]["content"][0]["id"], "t1");
+        // A conversation with nothing to fix is sent as it is, uncopied.
+        let clean = &messages[..1];
+        assert!(matches!(object_inputs(clean), Cow::Borrowed(_)));
     }
 
     #[test]
@@ -432,7 +584,8 @@ mod tests {
             model: copy.model().to_string(),
             ..provider.config.clone()
         };
-        let context = call_context(&copied);
+        let key = key();
+        let context = call_context(&copied, &key);
         assert_eq!(
             (context.model, context.base_url),
             ("claude-special", "http://127.0.0.1:1")
@@ -443,32 +596,34 @@ mod tests {
     fn user_messages_are_short_and_actionable() {
         let cfg = config(Credential::ApiKey(Secret::new("sk-ant-canary")));
         assert_eq!(
-            status_failure(401, "invalid x-api-key").user_message(0, &call_context(&cfg)),
+            status_failure(401, "invalid x-api-key").user_message(0, &call_context(&cfg, &key())),
             "the model provider rejected the credentials (401): check ANTHROPIC_API_KEY"
         );
         assert_eq!(
-            status_failure(429, "slow down").user_message(3, &call_context(&cfg)),
+            status_failure(429, "slow down").user_message(3, &call_context(&cfg, &key())),
             "the model provider is rate limiting (429) and retries ran out"
         );
         assert_eq!(
-            status_failure(500, "boom").user_message(3, &call_context(&cfg)),
+            status_failure(500, "boom").user_message(3, &call_context(&cfg, &key())),
             "the model provider failed (500 Internal Server Error) after 3 retries"
         );
         assert_eq!(
-            status_failure(529, "overloaded").user_message(1, &call_context(&cfg)),
+            status_failure(529, "overloaded").user_message(1, &call_context(&cfg, &key())),
             "the model provider failed (529 Overloaded) after 1 retry"
         );
         assert_eq!(
-            status_failure(400, "max_tokens: too large").user_message(0, &call_context(&cfg)),
+            status_failure(400, "max_tokens: too large")
+                .user_message(0, &call_context(&cfg, &key())),
             "the model provider refused the request (400 some_error: max_tokens: too large)"
         );
         let timeout = AttemptFailure {
             kind: ErrorKind::Temporary,
             cause: Cause::Timeout,
             retry_after: None,
+            unreachable: false,
         };
         assert_eq!(
-            timeout.user_message(2, &call_context(&cfg)),
+            timeout.user_message(2, &call_context(&cfg, &key())),
             "the model provider did not answer within 30s after 2 retries"
         );
     }
@@ -476,18 +631,20 @@ mod tests {
     #[test]
     fn server_text_is_scrubbed_and_shortened() {
         let cfg = config(Credential::ApiKey(Secret::new("sk-ant-canary")));
-        let echoed =
-            status_failure(400, "bad key sk-ant-canary").user_message(0, &call_context(&cfg));
+        let echoed = status_failure(400, "bad key sk-ant-canary")
+            .user_message(0, &call_context(&cfg, &key()));
         assert!(!echoed.contains("sk-ant-canary"), "{echoed}");
         assert!(echoed.contains("[redacted]"), "{echoed}");
-        let long = status_failure(400, &"x".repeat(5_000)).user_message(0, &call_context(&cfg));
+        let long =
+            status_failure(400, &"x".repeat(5_000)).user_message(0, &call_context(&cfg, &key()));
         assert!(long.chars().count() < 300, "{} chars", long.chars().count());
     }
 
     #[test]
     fn oauth_auth_failures_do_not_blame_the_api_key() {
         let cfg = config(Credential::OAuthToken(Secret::new("tok")));
-        let message = status_failure(401, "expired").user_message(0, &call_context(&cfg));
+        let token = Credential::OAuthToken(Secret::new("tok"));
+        let message = status_failure(401, "expired").user_message(0, &call_context(&cfg, &token));
         assert!(message.contains("(401)"), "{message}");
         assert!(!message.contains("ANTHROPIC_API_KEY"), "{message}");
     }

@@ -37,10 +37,15 @@ pub(super) struct CallContext<'a> {
     pub secret: &'a str,
 }
 
+/// How long connecting may take: a provider that does not accept a
+/// connection within this is unreachable, whatever the request timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Builds the HTTP client every provider uses: one timeout per attempt.
 pub(super) fn client(request_timeout: Duration) -> Result<reqwest::Client, ModelFailure> {
     reqwest::Client::builder()
         .timeout(request_timeout)
+        .connect_timeout(CONNECT_TIMEOUT.min(request_timeout))
         .user_agent(concat!("talon/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|err| permanent(format!("could not set up the HTTP client ({err})")))
@@ -87,16 +92,24 @@ where
     Fut: Future<Output = Result<ModelReply, AttemptFailure>>,
 {
     let retries_done = AtomicU32::new(0);
+    let started = std::time::Instant::now();
     // The backoff iterator is only the retry budget; `adjust` replaces its
     // delays with the pure `retry_delay`, which knows about Retry-After.
     let budget = std::iter::repeat_n(Duration::ZERO, policy.max_retries as usize);
     let outcome = attempt
         .retry(budget)
-        .when(|failure: &AttemptFailure| failure.kind.is_retryable())
+        // A spent subscription does not come back within a retry's wait.
+        .when(|failure: &AttemptFailure| failure.kind.is_retryable() && !failure.usage_limit())
         .adjust(|failure: &AttemptFailure, budget_left: Option<Duration>| {
             budget_left?;
-            let attempt = retries_done.fetch_add(1, Ordering::Relaxed) + 1;
+            let attempt = retries_done.load(Ordering::Relaxed) + 1;
             let delay = retry_delay(policy, attempt, failure.retry_after);
+            // An unreachable provider is not retried past `unreachable_after`:
+            // its circuit opens and the chat is told instead.
+            if failure.unreachable && started.elapsed() + delay > policy.unreachable_after {
+                return None;
+            }
+            retries_done.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 provider = context.provider,
                 model = %context.model,
@@ -114,7 +127,11 @@ where
     outcome.map_err(|failure| {
         let retries = retries_done.load(Ordering::Relaxed);
         let model_failure = ModelFailure {
-            kind: failure.kind,
+            kind: if failure.unreachable {
+                ErrorKind::Unavailable
+            } else {
+                failure.kind
+            },
             message: failure.user_message(retries, context),
         };
         tracing::warn!(
@@ -158,6 +175,7 @@ pub(super) async fn attempt<B: Serialize + ?Sized>(
             kind: ErrorKind::Permanent,
             cause: Cause::Malformed(err.to_string()),
             retry_after: None,
+            unreachable: false,
         });
     }
     let error = serde_json::from_slice::<ErrorBody>(&bytes)
@@ -171,6 +189,63 @@ pub(super) async fn attempt<B: Serialize + ?Sized>(
             message: error.map(|e| e.message),
         },
         retry_after,
+        unreachable: false,
+    })
+}
+
+/// What a spent Claude subscription is called, everywhere.
+pub(super) const USAGE_LIMIT_MESSAGE: &str =
+    "the Claude subscription's usage limit is reached (429)";
+
+/// The API's words for a spent subscription ("Claude AI usage limit
+/// reached|<reset>"), as opposed to a plain rate limit.
+fn says_usage_limit(message: &str) -> bool {
+    message.to_ascii_lowercase().contains("usage limit")
+}
+
+/// Whether a call's final failure is the subscription's usage limit.
+pub(super) fn is_usage_limit(failure: &ModelFailure) -> bool {
+    failure.kind == ErrorKind::RateLimited && failure.message == USAGE_LIMIT_MESSAGE
+}
+
+/// Runs one call through the provider's circuit: refused at once while it
+/// is open; a call that finds the provider unreachable trips it (and starts
+/// the probe of `probe_url`); any success closes it.
+pub(super) async fn through_circuit(
+    circuit: &std::sync::Arc<super::circuit::Circuit>,
+    client: &reqwest::Client,
+    probe_url: &reqwest::Url,
+    call: impl Future<Output = Result<ModelReply, ModelFailure>>,
+) -> Result<ModelReply, ModelFailure> {
+    if let Some(refused) = circuit.refusal() {
+        return Err(refused);
+    }
+    let result = call.await;
+    match &result {
+        Ok(_) => circuit.close(),
+        Err(failure) if failure.kind == ErrorKind::Unavailable => {
+            circuit.trip(
+                failure.message.clone(),
+                probe(client.clone(), probe_url.clone()),
+            );
+        }
+        Err(_) => {}
+    }
+    result
+}
+
+/// Whether the provider answers at all: one plain GET of `url`, no
+/// credential. Any HTTP status counts (a 404 or 401 is an answer); only a
+/// failure to connect, or a server error, means it is still down.
+pub(super) fn probe(client: reqwest::Client, url: reqwest::Url) -> super::circuit::Probe {
+    std::sync::Arc::new(move || {
+        let (client, url) = (client.clone(), url.clone());
+        Box::pin(async move {
+            match client.get(url).send().await {
+                Ok(response) => !response.status().is_server_error(),
+                Err(_) => false,
+            }
+        })
     })
 }
 
@@ -195,6 +270,9 @@ pub(super) struct AttemptFailure {
     pub kind: ErrorKind,
     pub cause: Cause,
     pub retry_after: Option<Duration>,
+    /// No connection could be made at all (refused, no route, DNS, connect
+    /// timeout): the provider is down, not just this request.
+    pub unreachable: bool,
 }
 
 #[derive(Debug)]
@@ -213,7 +291,8 @@ impl AttemptFailure {
     /// A request that never produced a complete HTTP reply: always worth
     /// another try.
     fn transport(err: reqwest::Error) -> Self {
-        let cause = if err.is_timeout() {
+        let unreachable = err.is_connect();
+        let cause = if err.is_timeout() && !unreachable {
             Cause::Timeout
         } else {
             // The URL in reqwest's text is only the (non-secret) base URL.
@@ -223,6 +302,17 @@ impl AttemptFailure {
             kind: ErrorKind::Temporary,
             cause,
             retry_after: None,
+            unreachable,
+        }
+    }
+
+    /// A 429 that is the subscription's usage limit, not a rate limit.
+    fn usage_limit(&self) -> bool {
+        match &self.cause {
+            Cause::Status {
+                status, message, ..
+            } => status.as_u16() == 429 && message.as_deref().is_some_and(says_usage_limit),
+            _ => false,
         }
     }
 
@@ -247,6 +337,9 @@ impl AttemptFailure {
                 status.as_u16(),
                 context.auth_hint
             ),
+            (Cause::Status { .. }, ErrorKind::RateLimited) if self.usage_limit() => {
+                USAGE_LIMIT_MESSAGE.to_string()
+            }
             (Cause::Status { .. }, ErrorKind::RateLimited) => {
                 "the model provider is rate limiting (429) and retries ran out".to_string()
             }
@@ -291,9 +384,10 @@ impl AttemptFailure {
                 "the model provider did not answer within {}{after}",
                 humantime::format_duration(context.request_timeout)
             ),
-            (Cause::Transport(_), _) => format!(
-                "could not reach the model provider at {}{after}",
-                context.base_url
+            (Cause::Transport(text), _) => format!(
+                "could not reach the model provider at {} ({}){after}",
+                context.base_url,
+                innermost_cause(text)
             ),
             (Cause::Malformed(_), _) => {
                 "the model provider sent a reply that could not be read".to_string()
@@ -322,6 +416,12 @@ impl Cause {
         };
         scrub(&text, secret)
     }
+}
+
+/// The last, most specific part of an error chain: "Connection refused
+/// (os error 111)" rather than reqwest's outer layers.
+fn innermost_cause(chain: &str) -> &str {
+    chain.rsplit(": ").next().unwrap_or(chain).trim()
 }
 
 /// reqwest's top-level text ("error sending request") hides the useful part

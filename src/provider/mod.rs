@@ -17,6 +17,8 @@
 //! call to `logs/routing-metrics.jsonl`.
 
 mod anthropic;
+pub mod circuit;
+pub mod credential;
 mod http;
 mod openai;
 mod routed;
@@ -31,6 +33,7 @@ pub use crate::messages::wire::{ErrorKind, ModelFailure, ModelReply, ModelReques
 use crate::secret::Secret;
 
 pub use anthropic::{AnthropicConfig, AnthropicProvider, ANTHROPIC_DEFAULT_BASE_URL};
+pub use credential::{CredentialSource, SharedCredentials};
 pub use openai::{OpenAiConfig, OpenAiProvider};
 pub use routed::{Providers, RoutingDecision, RoutingLog};
 pub use router::{batch_text_of_prompt, route, Tier, HEAVY_PREFIX, LIGHT_PREFIX};
@@ -54,6 +57,11 @@ pub struct RetryPolicy {
     pub base: Duration,
     /// No single wait is longer than this, whatever the server asks for.
     pub max_delay: Duration,
+    /// A provider that cannot be reached at all is retried for at most this
+    /// long; then its circuit opens and the chat is told.
+    pub unreachable_after: Duration,
+    /// How often an open circuit asks whether the provider is back.
+    pub probe_interval: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -62,6 +70,8 @@ impl Default for RetryPolicy {
             max_retries: 3,
             base: Duration::from_secs(1),
             max_delay: Duration::from_secs(60),
+            unreachable_after: Duration::from_secs(20),
+            probe_interval: Duration::from_secs(10),
         }
     }
 }
@@ -85,6 +95,12 @@ pub trait Provider: Send + Sync + 'static {
     /// connection pool. `None` when this provider cannot switch models.
     fn with_model(&self, model: &str) -> Option<Arc<dyn Provider>> {
         let _ = model;
+        None
+    }
+
+    /// The provider's circuit, which a paused queue waits on; `None` for a
+    /// provider without one.
+    fn circuit(&self) -> Option<Arc<circuit::Circuit>> {
         None
     }
 }
@@ -158,6 +174,7 @@ mod tests {
             max_retries: 5,
             base: Duration::from_millis(base_ms),
             max_delay: Duration::from_millis(max_ms),
+            ..RetryPolicy::default()
         }
     }
 

@@ -7,8 +7,10 @@
 //! assistant's `tool_calls` (arguments as a JSON string), `tool_result`
 //! blocks become `role:"tool"` messages, and the reply's `finish_reason` is
 //! mapped to Anthropic's `stop_reason` words so the runner's tool loop does
-//! not care which provider answered. Retries and failure sentences are the
-//! shared ones in `http.rs`.
+//! not care which provider answered. A call's arguments always become a JSON
+//! object: arguments that are not one become the wire's invalid-input marker,
+//! which the runner answers with an error (`tool_input`). Retries and
+//! failure sentences are the shared ones in `http.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +20,10 @@ use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::circuit::Circuit;
 use super::http::{self, CallContext};
 use super::{ErrorKind, ModelFailure, ModelReply, ModelRequest, Provider, RetryPolicy};
-use crate::messages::wire::{ChatMessage, ContentBlock, Role, ToolSpec};
+use crate::messages::wire::{ChatMessage, ContentBlock, Role, ToolSpec, INVALID_TOOL_INPUT_KEY};
 use crate::secret::Secret;
 
 /// Everything an [`OpenAiProvider`] needs. `Debug` is safe to log: the key
@@ -46,6 +49,10 @@ pub struct OpenAiConfig {
 pub struct OpenAiProvider {
     client: reqwest::Client,
     completions_url: reqwest::Url,
+    /// The base URL itself, which an open circuit's probe asks.
+    probe_url: reqwest::Url,
+    /// Shared by every copy ([`Provider::with_model`]): one per endpoint.
+    circuit: Arc<Circuit>,
     /// Content type and, when set, the bearer key (marked sensitive).
     headers: HeaderMap,
     config: OpenAiConfig,
@@ -59,6 +66,7 @@ impl OpenAiProvider {
         let trimmed = config.base_url.trim_end_matches('/');
         let base = trimmed.strip_suffix("/v1").unwrap_or(trimmed);
         let completions_url = http::endpoint("OpenAI-compatible", base, "/v1/chat/completions")?;
+        let probe_url = http::endpoint("OpenAI-compatible", base, "/")?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(key) = &config.api_key {
@@ -82,6 +90,8 @@ impl OpenAiProvider {
         Ok(OpenAiProvider {
             client: http::client(config.request_timeout)?,
             completions_url,
+            probe_url,
+            circuit: Circuit::new("openai", config.retry.probe_interval),
             headers,
             config,
             auth_hint,
@@ -101,7 +111,7 @@ impl OpenAiProvider {
             auth_hint: &self.auth_hint,
             secret: self.config.api_key.as_ref().map_or("", Secret::expose),
         };
-        http::complete_with_retries(&self.config.retry, &context, || {
+        let call = http::complete_with_retries(&self.config.retry, &context, || {
             http::attempt(
                 &self.client,
                 &self.completions_url,
@@ -109,8 +119,8 @@ impl OpenAiProvider {
                 &body,
                 parse_reply,
             )
-        })
-        .await
+        });
+        http::through_circuit(&self.circuit, &self.client, &self.probe_url, call).await
     }
 }
 
@@ -132,6 +142,8 @@ impl Provider for OpenAiProvider {
         Some(Arc::new(OpenAiProvider {
             client: self.client.clone(),
             completions_url: self.completions_url.clone(),
+            probe_url: self.probe_url.clone(),
+            circuit: Arc::clone(&self.circuit),
             headers: self.headers.clone(),
             config: OpenAiConfig {
                 model: model.to_string(),
@@ -139,6 +151,10 @@ impl Provider for OpenAiProvider {
             },
             auth_hint: self.auth_hint.clone(),
         }))
+    }
+
+    fn circuit(&self) -> Option<Arc<Circuit>> {
+        Some(Arc::clone(&self.circuit))
     }
 }
 
@@ -212,8 +228,8 @@ fn assistant_message(message: &ChatMessage) -> Value {
         match block {
             ContentBlock::Text { text: part } => text.push(part.as_str()),
             ContentBlock::ToolUse { id, name, input } => {
-                // Arguments the model sent as unparseable text were kept as a
-                // JSON string; send that text back exactly.
+                // Older transcripts kept unparseable arguments as a JSON
+                // string; send that text back exactly.
                 let arguments = match input {
                     Value::String(raw) => raw.clone(),
                     other => other.to_string(),
@@ -259,6 +275,9 @@ struct Choice {
 struct ResponseMessage {
     #[serde(default)]
     content: Option<String>,
+    /// Set (to the model's explanation) when the model refused.
+    #[serde(default)]
+    refusal: Option<String>,
     #[serde(default)]
     tool_calls: Vec<ToolCall>,
 }
@@ -294,45 +313,87 @@ fn parse_reply(bytes: &[u8]) -> Result<ModelReply, serde_json::Error> {
         content.push(ContentBlock::Text { text });
     }
     let called_tools = !choice.message.tool_calls.is_empty();
+    // The explanation is not shown: the runner's refusal notice says it, the
+    // same way for every provider.
+    let refused = choice
+        .message
+        .refusal
+        .is_some_and(|text| !text.trim().is_empty());
     for call in choice.message.tool_calls {
         content.push(ContentBlock::ToolUse {
             id: call.id,
             name: call.function.name,
-            input: tool_input(call.function.arguments),
+            input: tool_input(&call.function.arguments),
         });
     }
     let usage = response.usage.unwrap_or_default();
     Ok(ModelReply {
         id: response.id,
         content,
-        stop_reason: stop_reason(choice.finish_reason.as_deref(), called_tools),
+        stop_reason: stop_reason(choice.finish_reason.as_deref(), called_tools, refused),
         input_tokens: usage.prompt_tokens,
         output_tokens: usage.completion_tokens,
     })
 }
 
-/// Arguments arrive as a JSON string. Small local models sometimes send
-/// broken JSON: keep the raw text (the tool will refuse it and the model can
-/// try again) rather than failing the whole turn.
-fn tool_input(arguments: String) -> Value {
+/// How much of unreadable arguments the model is shown back.
+const ARGUMENTS_EXCERPT_CHARS: usize = 200;
+
+/// A call's input, always a JSON object: the Messages API refuses anything
+/// else, and a group's transcript goes to either provider later. Arguments
+/// arrive as a JSON string, and small local models sometimes send broken
+/// JSON or a bare value; rather than failing the whole turn, such a call
+/// gets `{INVALID_TOOL_INPUT_KEY: why}` and the runner answers it with that
+/// error, so the model can try again. Empty or `null` arguments mean none.
+fn tool_input(arguments: &str) -> Value {
     if arguments.trim().is_empty() {
         return json!({});
     }
-    serde_json::from_str(&arguments).unwrap_or(Value::String(arguments))
+    let why = match serde_json::from_str::<Value>(arguments) {
+        Ok(Value::Object(map)) => return Value::Object(map),
+        Ok(Value::Null) => return json!({}),
+        Ok(other) => format!(
+            "the tool call's arguments were not a JSON object but {}",
+            json_kind(&other)
+        ),
+        Err(error) => format!("the tool call's arguments were not valid JSON: {error}"),
+    };
+    let mut excerpt: String = arguments.chars().take(ARGUMENTS_EXCERPT_CHARS).collect();
+    if excerpt.len() < arguments.len() {
+        excerpt.push_str("...");
+    }
+    json!({ INVALID_TOOL_INPUT_KEY: format!("{why} (they were: {excerpt})") })
 }
 
-/// Anthropic's stop-reason words for chat-completions finish reasons. Some
-/// servers (older Ollama) say `stop` even when they called tools; the calls
-/// decide.
-fn stop_reason(finish_reason: Option<&str>, called_tools: bool) -> Option<String> {
-    if called_tools {
-        return Some("tool_use".into());
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
-    let mapped = match finish_reason? {
-        "stop" => "end_turn",
-        "length" => "max_tokens",
-        "tool_calls" | "function_call" => "tool_use",
-        other => other,
+}
+
+/// Anthropic's stop-reason words for chat-completions finish reasons (the
+/// runner decides what each means for the user). A refusal, a cut or a
+/// filter stop wins over tool calls: a cut call is incomplete, and a refused
+/// or filtered reply must not run anything. Otherwise tool calls decide, as
+/// some servers (older Ollama) say `stop` even when they called tools.
+fn stop_reason(finish_reason: Option<&str>, called_tools: bool, refused: bool) -> Option<String> {
+    if refused {
+        return Some("refusal".into());
+    }
+    let mapped = match finish_reason {
+        Some("length") => "max_tokens",
+        Some("content_filter") => "content_filter",
+        Some("refusal") => "refusal",
+        _ if called_tools => "tool_use",
+        None => return None,
+        Some("stop") => "end_turn",
+        Some("tool_calls" | "function_call") => "tool_use",
+        Some(other) => other,
     };
     Some(mapped.to_string())
 }
@@ -468,29 +529,148 @@ mod tests {
 
     #[test]
     fn finish_reasons_use_anthropic_words() {
-        assert_eq!(
-            stop_reason(Some("stop"), false).as_deref(),
-            Some("end_turn")
-        );
-        assert_eq!(
-            stop_reason(Some("length"), false).as_deref(),
-            Some("max_tokens")
-        );
-        assert_eq!(
-            stop_reason(Some("tool_calls"), false).as_deref(),
-            Some("tool_use")
-        );
-        assert_eq!(stop_reason(Some("stop"), true).as_deref(), Some("tool_use"));
-        assert_eq!(
-            stop_reason(Some("content_filter"), false).as_deref(),
-            Some("content_filter")
-        );
-        assert_eq!(stop_reason(None, false), None);
+        // (finish_reason, called tools, refusal field set) -> stop_reason
+        let cases = [
+            (Some("stop"), false, false, Some("end_turn")),
+            (Some("length"), false, false, Some("max_tokens")),
+            (Some("tool_calls"), false, false, Some("tool_use")),
+            (Some("function_call"), false, false, Some("tool_use")),
+            (Some("stop"), true, false, Some("tool_use")),
+            (None, true, false, Some("tool_use")),
+            (Some("content_filter"), false, false, Some("content_filter")),
+            (Some("refusal"), false, false, Some("refusal")),
+            (Some("stop"), false, true, Some("refusal")),
+            (None, false, true, Some("refusal")),
+            // A cut call is incomplete; a filtered one must not run.
+            (Some("length"), true, false, Some("max_tokens")),
+            (Some("content_filter"), true, false, Some("content_filter")),
+            (Some("tool_calls"), true, true, Some("refusal")),
+            (Some("load"), false, false, Some("load")),
+            (None, false, false, None),
+        ];
+        for (finish, tools, refused, expected) in cases {
+            assert_eq!(
+                stop_reason(finish, tools, refused).as_deref(),
+                expected,
+                "{finish:?} tools={tools} refused={refused}"
+            );
+        }
+    }
+
+    /// The reply to a chat-completions body whose only choice is `choice`.
+    fn reply_to(choice: Value) -> ModelReply {
+        let body = json!({"id": "chatcmpl-x", "choices": [choice]});
+        parse_reply(body.to_string().as_bytes()).unwrap()
     }
 
     #[test]
-    fn broken_arguments_are_kept_as_text_and_no_choices_is_malformed() {
-        assert_eq!(tool_input("{oops".into()), Value::String("{oops".into()));
+    fn refusals_filters_cuts_and_empty_answers_reach_the_runner_as_stop_reasons() {
+        let refused = reply_to(json!({
+            "message": {"role": "assistant", "content": null,
+                        "refusal": "I'm sorry, I cannot help with that."},
+            "finish_reason": "stop"}));
+        assert_eq!(refused.stop_reason.as_deref(), Some("refusal"));
+        assert!(refused.content.is_empty(), "{:?}", refused.content);
+        // A null refusal (what most servers send) is no refusal.
+        let plain = reply_to(json!({
+            "message": {"role": "assistant", "content": "hi", "refusal": null},
+            "finish_reason": "stop"}));
+        assert_eq!(plain.stop_reason.as_deref(), Some("end_turn"));
+        assert_eq!(
+            plain.content,
+            vec![ContentBlock::Text { text: "hi".into() }]
+        );
+        let filtered = reply_to(json!({
+            "message": {"role": "assistant", "content": ""},
+            "finish_reason": "content_filter"}));
+        assert_eq!(filtered.stop_reason.as_deref(), Some("content_filter"));
+        assert!(filtered.content.is_empty());
+        let empty = reply_to(json!({
+            "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}));
+        assert_eq!(empty.stop_reason.as_deref(), Some("end_turn"));
+        assert!(empty.content.is_empty());
+        let cut = reply_to(json!({
+            "message": {"role": "assistant", "content": "The first half", "tool_calls": [
+                {"id": "call_1", "type": "function",
+                 "function": {"name": "bash", "arguments": "{\"command\": \"ls"}}]},
+            "finish_reason": "length"}));
+        assert_eq!(cut.stop_reason.as_deref(), Some("max_tokens"));
+        assert_eq!(
+            cut.content[0],
+            ContentBlock::Text {
+                text: "The first half".into()
+            }
+        );
+    }
+
+    /// The reason a call's input carries, if it was marked unreadable.
+    fn invalid_reason(input: &Value) -> Option<&str> {
+        input.get(INVALID_TOOL_INPUT_KEY).and_then(Value::as_str)
+    }
+
+    #[test]
+    fn arguments_that_are_not_a_json_object_become_an_object_with_the_marker() {
+        let broken = tool_input("{oops");
+        assert!(broken.is_object(), "{broken}");
+        let why = invalid_reason(&broken).unwrap_or_default();
+        assert!(
+            why.starts_with("the tool call's arguments were not valid JSON: "),
+            "{why}"
+        );
+        assert!(why.contains("{oops"), "{why}");
+        for (arguments, kind) in [
+            (r#""ls -la""#, "a string"),
+            ("[1, 2]", "an array"),
+            ("42", "a number"),
+            ("true", "a boolean"),
+        ] {
+            let input = tool_input(arguments);
+            assert_eq!(input.as_object().map(|o| o.len()), Some(1), "{input}");
+            let why = invalid_reason(&input).unwrap_or_default();
+            assert!(
+                why.starts_with(&format!(
+                    "the tool call's arguments were not a JSON object but {kind}"
+                )),
+                "{why}"
+            );
+        }
+        // Nothing to read means no arguments, not broken ones.
+        assert_eq!(tool_input(""), json!({}));
+        assert_eq!(tool_input("  "), json!({}));
+        assert_eq!(tool_input("null"), json!({}));
+        assert_eq!(tool_input(r#"{"a": 1}"#), json!({"a": 1}));
+        // A huge broken blob is not echoed whole.
+        let huge = format!("{{{}", "x".repeat(10_000));
+        let why = invalid_reason(&tool_input(&huge))
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            why.len() < 600 && why.ends_with("...)"),
+            "{} chars",
+            why.len()
+        );
+    }
+
+    #[test]
+    fn a_parsed_reply_holds_an_object_input_for_every_bad_call_and_no_choices_is_malformed() {
+        let reply = reply_to(json!({
+            "message": {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "bash", "arguments": "{oops"}},
+                {"id": "c2", "type": "function", "function": {"name": "bash", "arguments": "\"ls\""}},
+                {"id": "c3", "type": "function", "function": {"name": "list", "arguments": "[]"}}]},
+            "finish_reason": "tool_calls"}));
+        assert_eq!(reply.content.len(), 3);
+        for block in &reply.content {
+            match block {
+                ContentBlock::ToolUse { input, .. } => {
+                    assert!(
+                        input.is_object() && invalid_reason(input).is_some(),
+                        "{input}"
+                    )
+                }
+                other => panic!("expected a tool call, got {other:?}"),
+            }
+        }
         assert!(parse_reply(br#"{"id":"x","choices":[]}"#).is_err());
         assert!(parse_reply(b"{").is_err());
         let bare = parse_reply(br#"{"choices":[{"message":{"content":"hi"}}]}"#).unwrap();

@@ -193,6 +193,10 @@ impl Provider for MeteredProvider {
         self.inner.name()
     }
 
+    fn circuit(&self) -> Option<Arc<super::circuit::Circuit>> {
+        self.inner.circuit()
+    }
+
     fn model(&self) -> &str {
         self.inner.model()
     }

@@ -3,8 +3,8 @@
 //!
 //! It speaks the real wire format (`POST /v1/messages`, the real success and
 //! error bodies, `retry-after`) and checks what the real API would refuse: a
-//! missing `anthropic-version`, and not exactly one of `x-api-key` /
-//! `authorization`. Each request is answered with the next scripted [`Reply`],
+//! missing `anthropic-version`, not exactly one of `x-api-key` /
+//! `authorization`, and a `tool_use` input that is not an object. Each request is answered with the next scripted [`Reply`],
 //! or, once the script is empty, by a fallback that echoes the last user
 //! message. Every request is recorded for assertions.
 //!
@@ -51,6 +51,12 @@ pub enum Reply {
     /// Any status with this exact JSON body (e.g. content blocks talon does
     /// not handle yet).
     Raw { code: u16, body: Value },
+    /// 200 with these content blocks and this `stop_reason` (a refusal, a
+    /// cut at `max_tokens`, a `pause_turn`), in the real message envelope.
+    Message {
+        content: Vec<Value>,
+        stop_reason: String,
+    },
 }
 
 impl Reply {
@@ -96,6 +102,14 @@ impl Reply {
 
     pub fn delayed(delay: Duration, reply: Reply) -> Reply {
         Reply::Delay(delay, Box::new(reply))
+    }
+
+    /// 200 with `content` (raw content blocks) and `stop_reason`.
+    pub fn message(content: Vec<Value>, stop_reason: &str) -> Reply {
+        Reply::Message {
+            content,
+            stop_reason: stop_reason.into(),
+        }
     }
 }
 
@@ -150,18 +164,30 @@ impl FakeAnthropic {
     pub async fn start_with(
         responder: impl Fn(&Value) -> Reply + Send + Sync + 'static,
     ) -> FakeAnthropic {
+        FakeAnthropic::start_on("127.0.0.1:0", responder).await
+    }
+
+    /// Like [`FakeAnthropic::start_with`], on a given address (a provider
+    /// that comes back where it was).
+    pub async fn start_on(
+        address: &str,
+        responder: impl Fn(&Value) -> Reply + Send + Sync + 'static,
+    ) -> FakeAnthropic {
         let shared = Arc::new(Shared {
             script: Mutex::new(VecDeque::new()),
             fallback: Box::new(responder),
             requests: Mutex::new(Vec::new()),
             next_message_id: AtomicU64::new(1),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(address)
             .await
             .expect("bind the fake Anthropic server");
         let address = listener.local_addr().expect("fake server address");
+        // The real Messages API takes requests up to 32 MB; axum's default
+        // limit is 2 MB.
         let app = axum::Router::new()
             .fallback(handle)
+            .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
             .with_state(Arc::clone(&shared));
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -184,6 +210,14 @@ impl FakeAnthropic {
 
     pub fn request_count(&self) -> usize {
         lock(&self.shared.requests).len()
+    }
+
+    /// Only the Messages API calls (not an outage probe's plain GET).
+    pub fn message_requests(&self) -> Vec<RecordedRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path == "/v1/messages")
+            .collect()
     }
 }
 
@@ -317,7 +351,28 @@ fn refusal_for(
             ));
         }
     }
+    if let Some(path) = non_object_tool_input(body) {
+        return Some(error_response(
+            400,
+            "invalid_request_error",
+            &format!("{path}: Input should be a valid dictionary"),
+            None,
+        ));
+    }
     None
+}
+
+/// Where the first `tool_use` block whose input is not an object sits, in
+/// the real API's words (`messages.1.content.0.tool_use.input`).
+fn non_object_tool_input(body: &Value) -> Option<String> {
+    let messages = body["messages"].as_array()?;
+    messages.iter().enumerate().find_map(|(m, message)| {
+        let blocks = message["content"].as_array()?;
+        blocks.iter().enumerate().find_map(|(b, block)| {
+            (block["type"] == "tool_use" && !block["input"].is_object())
+                .then(|| format!("messages.{m}.content.{b}.tool_use.input"))
+        })
+    })
 }
 
 fn render(shared: &Shared, request: &Value, reply: Reply) -> Response {
@@ -371,6 +426,27 @@ fn render(shared: &Shared, request: &Value, reply: Reply) -> Response {
         )
             .into_response(),
         Reply::Raw { code, body } => (status_code(code), axum::Json(body)).into_response(),
+        Reply::Message {
+            content,
+            stop_reason,
+        } => {
+            let id = shared.next_message_id.fetch_add(1, Ordering::Relaxed);
+            let output = Value::Array(content.clone()).to_string();
+            let body = json!({
+                "id": format!("msg_{id}"),
+                "type": "message",
+                "role": "assistant",
+                "model": request["model"],
+                "content": content,
+                "stop_reason": stop_reason,
+                "stop_sequence": null,
+                "usage": {
+                    "input_tokens": rough_tokens(&request.to_string()),
+                    "output_tokens": rough_tokens(&output),
+                },
+            });
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
     }
 }
 

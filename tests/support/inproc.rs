@@ -78,6 +78,7 @@ pub async fn start_host_with(
         chat_id: TERMINAL_CHAT.into(),
         output: tx,
         gate: Arc::new(Semaphore::new(1)),
+        recovered_through: None,
     };
     // Slack and Discord start as `talon run` starts them: when their
     // tokens are in the configuration.

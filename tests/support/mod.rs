@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod fake_anthropic;
+pub mod fake_oauth;
+pub mod fake_threads;
 pub mod inproc;
 
 use std::fs::File;
@@ -104,6 +106,11 @@ pub fn host_env(home: &Path, model_url: &str) -> Vec<(String, String)> {
         ("TALON_QUEUE_RETRY_BASE", "20ms".into()),
         ("TALON_PROVIDER_RETRY_BASE", "10ms".into()),
         ("TALON_CONTAINER_IDLE_TIMEOUT", "5s".into()),
+        // Never the machine's own Claude login: tests choose their credential.
+        (
+            "TALON_AUTH_CREDENTIALS_FILE",
+            home.join("no-claude-login.json").display().to_string(),
+        ),
         ("TZ", "UTC".into()),
     ]
     .into_iter()
