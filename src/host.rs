@@ -80,7 +80,8 @@ pub struct HostContext {
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     #[error(
-        "no model credentials: set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN) in the \
+        "no model credentials: sign in with `claude` (a Claude subscription, kept in \
+         ~/.claude/.credentials.json), or set ANTHROPIC_API_KEY (or CLAUDE_CODE_OAUTH_TOKEN) in the \
          environment or in {env_file}; for an Anthropic-compatible endpoint also set ANTHROPIC_BASE_URL"
     )]
     NoCredentials { env_file: String },
