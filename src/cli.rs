@@ -822,7 +822,7 @@ fn status(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
 /// Which model credential is in use and how long it has left; never a token.
 fn credential_line(config: &crate::config::Config) -> String {
     use crate::actors::token_manager::{describe_expiry, Kind};
-    let (kind, expires_at) = crate::host::credential_in_use(config);
+    let (kind, expires_at) = crate::auth::credential_in_use(config);
     match kind {
         Kind::OAuthFile => describe_expiry(expires_at, crate::store::now_millis()),
         Kind::OAuthEnv => "OAuth: CLAUDE_CODE_OAUTH_TOKEN (long-lived)".into(),

@@ -131,7 +131,7 @@ async fn docker_and_image(config: &Config) -> Vec<Finding> {
 
 fn credentials(config: &Config) -> Vec<Finding> {
     use crate::actors::token_manager::Kind;
-    let (kind, expires_at) = crate::host::credential_in_use(config);
+    let (kind, expires_at) = crate::auth::credential_in_use(config);
     let mut findings = vec![match kind {
         Kind::OAuthFile => finding(
             "credentials",
@@ -193,7 +193,7 @@ fn threads_token(paths: &Paths) -> Option<Finding> {
 /// Proves the credential in use with one free call (`count_tokens`), where
 /// the endpoint has it. No token is printed.
 async fn credential_works(config: &Config) -> Option<Finding> {
-    let credential = crate::host::credential_now(config)?;
+    let credential = crate::auth::credential_now(config)?;
     let base = config
         .provider
         .base_url

@@ -93,22 +93,12 @@ pub enum HostError {
     Spawn(String),
 }
 
-/// The credentials file the configuration names (or the CLI's default).
-pub fn credentials_file(config: &Config) -> Option<PathBuf> {
-    config
-        .auth
-        .credentials_file
-        .as_ref()
-        .map(PathBuf::from)
-        .or_else(crate::auth::claude::default_credentials_file)
-}
-
 /// What the token manager starts from.
 pub fn token_manager_args(config: &Config, store: Store, paths: Paths) -> TokenManagerArgs {
     let s = &config.secrets;
     let a = &config.auth;
     TokenManagerArgs {
-        credentials_file: credentials_file(config),
+        credentials_file: crate::auth::credentials_file(config),
         refresh: RefreshSettings {
             token_url: a.token_url.clone(),
             client_id: a.client_id.clone(),
@@ -130,56 +120,10 @@ pub fn token_manager_args(config: &Config, store: Store, paths: Paths) -> TokenM
     }
 }
 
-/// Which credential a host with this configuration would use now, and how
-/// long an OAuth token from the file has left (for doctor and status; the
-/// running host asks its token manager).
-pub fn credential_in_use(config: &Config) -> (TokenKind, Option<i64>) {
-    let file_tokens = credentials_file(config)
-        .and_then(|path| crate::auth::claude::read_credentials(&path).ok().flatten());
-    let now = crate::store::now_millis();
-    let s = &config.secrets;
-    let kind = crate::actors::token_manager::choose(crate::actors::token_manager::Available {
-        file_token_valid: file_tokens.as_ref().is_some_and(|t| t.is_valid(now)),
-        file_configured: file_tokens.is_some(),
-        env_oauth: s.claude_oauth_token.is_some(),
-        api_key: s.anthropic_api_key.is_some(),
-        fallback_key: s.anthropic_api_key_fallback.is_some(),
-        exhausted: false,
-    });
-    // An expired token that can be refreshed is still the subscription.
-    let refreshable = file_tokens.as_ref().is_some_and(|t| t.refresh.is_some());
-    let kind = match kind {
-        TokenKind::FallbackKey | TokenKind::None if refreshable => TokenKind::OAuthFile,
-        other => other,
-    };
-    (kind, file_tokens.and_then(|t| t.expires_at_ms))
-}
-
-/// The credential a host with this configuration would send now (for the
-/// doctor's one proving call; the running host asks its token manager).
-pub fn credential_now(config: &Config) -> Option<crate::provider::Credential> {
-    use crate::provider::Credential;
-    let s = &config.secrets;
-    let file_token = credentials_file(config)
-        .and_then(|path| crate::auth::claude::read_credentials(&path).ok().flatten())
-        .filter(|t| t.is_valid(crate::store::now_millis()));
-    match credential_in_use(config).0 {
-        TokenKind::OAuthFile => file_token.map(|t| Credential::OAuthToken(t.access)),
-        TokenKind::OAuthEnv => s.claude_oauth_token.clone().map(Credential::OAuthToken),
-        TokenKind::ApiKey => s.anthropic_api_key.clone().map(Credential::ApiKey),
-        TokenKind::FallbackKey => s
-            .anthropic_api_key_fallback
-            .clone()
-            .or_else(|| s.anthropic_api_key.clone())
-            .map(Credential::ApiKey),
-        TokenKind::None => None,
-    }
-}
-
 /// The provider the configuration asks for. Its credential comes from the
 /// token manager for every call.
 pub fn build_provider(config: &Config, paths: &Paths) -> Result<Arc<dyn Provider>, HostError> {
-    if credential_in_use(config).0 == TokenKind::None {
+    if crate::auth::credential_in_use(config).0 == TokenKind::None {
         return Err(HostError::NoCredentials {
             env_file: paths.env_file().display().to_string(),
         });
@@ -220,7 +164,7 @@ pub fn build_light_provider(config: &Config) -> Result<Option<Arc<dyn Provider>>
     };
     let provider: Arc<dyn Provider> = match p.light_kind.as_str() {
         "anthropic" => {
-            if credential_in_use(config).0 == TokenKind::None {
+            if crate::auth::credential_in_use(config).0 == TokenKind::None {
                 return Err(HostError::Provider(
                     "the anthropic LIGHT tier needs ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN"
                         .into(),

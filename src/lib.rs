@@ -11,6 +11,7 @@
 
 pub mod actors;
 pub mod auth;
+pub mod batch;
 pub mod budget;
 pub mod channels;
 pub mod cli;

@@ -29,6 +29,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 
 use crate::auth::claude::{self, OAuthTokens, RefreshSettings};
+pub use crate::auth::{choose, describe_expiry, Available, Kind};
 use crate::provider::{Credential, CredentialSource};
 use crate::secret::Secret;
 use crate::store::Store;
@@ -42,76 +43,6 @@ const ASK_LIMIT: Duration = Duration::from_secs(60);
 /// After a usage-limit refusal the subscription is left alone this long
 /// (or until a refresh succeeds), on the fallback key.
 const EXHAUSTED_FOR: Duration = Duration::from_secs(3600);
-
-/// Which credential is in use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// The subscription, from the credentials file (refreshed).
-    OAuthFile,
-    /// The subscription, from `CLAUDE_CODE_OAUTH_TOKEN` (no refresh).
-    OAuthEnv,
-    /// `ANTHROPIC_API_KEY` with no OAuth credential configured.
-    ApiKey,
-    /// The prepaid fallback key, because no valid OAuth token exists.
-    FallbackKey,
-    None,
-}
-
-impl Kind {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Kind::OAuthFile => "oauth (credentials file)",
-            Kind::OAuthEnv => "oauth (CLAUDE_CODE_OAUTH_TOKEN)",
-            Kind::ApiKey => "api key",
-            Kind::FallbackKey => "fallback key",
-            Kind::None => "none",
-        }
-    }
-}
-
-/// What is configured, as [`choose`] sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Available {
-    pub file_token_valid: bool,
-    pub file_configured: bool,
-    pub env_oauth: bool,
-    pub api_key: bool,
-    pub fallback_key: bool,
-    /// The subscription hit its usage limit recently.
-    pub exhausted: bool,
-}
-
-/// Exactly one credential, OAuth first (SPEC §9).
-pub fn choose(a: Available) -> Kind {
-    if !a.exhausted {
-        if a.file_token_valid {
-            return Kind::OAuthFile;
-        }
-        if a.env_oauth {
-            return Kind::OAuthEnv;
-        }
-    }
-    let oauth_configured = a.file_configured || a.env_oauth;
-    if a.fallback_key || (a.api_key && oauth_configured) {
-        return Kind::FallbackKey;
-    }
-    if a.api_key {
-        return Kind::ApiKey;
-    }
-    Kind::None
-}
-
-/// "OAuth: valid, 6.2 h left" (or expired), for doctor and status.
-pub fn describe_expiry(expires_at_ms: Option<i64>, now_ms: i64) -> String {
-    match expires_at_ms {
-        None => "OAuth: valid (no expiry given)".into(),
-        Some(at) if at > now_ms => {
-            let hours = (at - now_ms) as f64 / 3_600_000.0;
-            format!("OAuth: valid, {hours:.1} h left")
-        }
-        Some(_) => "OAuth: expired; refreshed at the next model call".into(),
-    }
-}
 
 /// Delay before refresh retry `failures` (1-based): base · 2^(n-1), ≤ 10 min.
 pub fn refresh_backoff(base: Duration, failures: u32) -> Duration {
