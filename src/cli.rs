@@ -80,8 +80,20 @@ pub enum ServiceCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build the agent image offline from container/ (busybox + the static runner).
-    Build,
+    /// Build the agent image offline: for talon, from container/ (busybox +
+    /// the static runner); for claude-code, the same plus the native Claude
+    /// Code binary (TALON_CLAUDE_BIN, or `claude` on PATH), bash and their
+    /// libraries.
+    Build {
+        /// Which agent's image to build.
+        #[arg(
+            long,
+            value_name = "talon|claude-code",
+            default_value_t = crate::messages::wire::AgentRuntime::Talon,
+            value_parser = <crate::messages::wire::AgentRuntime as std::str::FromStr>::from_str
+        )]
+        runtime: crate::messages::wire::AgentRuntime,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +164,10 @@ pub enum GroupsCommand {
         /// ('' goes back to the tier's configured model).
         #[arg(long, value_name = "NAME")]
         model: Option<String>,
+        /// The agent the group runs: talon or claude-code ('' goes back to
+        /// `[agent] runtime`).
+        #[arg(long, value_name = "talon|claude-code", value_parser = crate::container_config::parse_runtime_flag)]
+        runtime: Option<Option<crate::messages::wire::AgentRuntime>>,
     },
 }
 
@@ -162,8 +178,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Chat => chat(&paths, cli.config.as_deref()).await,
         Command::Run => daemon(&paths, cli.config.as_deref()).await,
         Command::Image {
-            command: ImageCommand::Build,
-        } => image_build(&paths, cli.config.as_deref()).await,
+            command: ImageCommand::Build { runtime },
+        } => image_build(&paths, cli.config.as_deref(), runtime).await,
         Command::Groups { command } => groups(&paths, cli.config.as_deref(), command),
         Command::Dump => dump(&paths).await,
         Command::Status => status(&paths, cli.config.as_deref()),
@@ -559,9 +575,28 @@ fn service_install(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
-async fn image_build(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()> {
+async fn image_build(
+    paths: &Paths,
+    explicit: Option<&std::path::Path>,
+    runtime: crate::messages::wire::AgentRuntime,
+) -> Result<()> {
     let config = load_config(paths, explicit)?;
     let docker = crate::docker::connect().await?;
+    if runtime == crate::messages::wire::AgentRuntime::ClaudeCode {
+        let tag = &config.agent.claude_image;
+        let started = std::time::Instant::now();
+        let context = tokio::task::spawn_blocking(crate::image::prepare_claude_context)
+            .await
+            .map_err(|e| anyhow!("the image build task stopped unexpectedly: {e}"))??;
+        eprintln!(
+            "[image] sending a {} MB build context",
+            context.content_bytes / 1_000_000
+        );
+        let mut progress = |line: &str| eprintln!("[image] {line}");
+        crate::image::build_claude_image(&docker, tag, context, &mut progress).await?;
+        eprintln!("[image] built {tag} in {:.0?}", started.elapsed());
+        return Ok(());
+    }
     let sources = crate::image::locate_sources()?;
     let context = crate::image::build_context(&sources)?;
     let mut progress = |line: &str| eprintln!("[image] {line}");
@@ -710,9 +745,11 @@ fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsComm
             secrets,
             mounts,
             model,
+            runtime,
         } => {
             let g = find(&chat_id)?;
             let edits_flags = model.is_some()
+                || runtime.is_some()
                 || timeout.is_some()
                 || memory_mb.is_some()
                 || cpus.is_some()
@@ -757,6 +794,9 @@ fn groups(paths: &Paths, explicit: Option<&std::path::Path>, command: GroupsComm
                 let mut choice = container.provider.take().unwrap_or_default();
                 choice.model = (!model.is_empty()).then_some(model);
                 container.provider = (choice != Default::default()).then_some(choice);
+            }
+            if let Some(runtime) = runtime {
+                container.runtime = runtime;
             }
             container.validate()?;
             let is_default = container == GroupContainerConfig::default();

@@ -18,6 +18,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::messages::wire::AgentRuntime;
 use crate::paths::Paths;
 use crate::secret::Secret;
 use crate::trigger::{default_pattern, Trigger};
@@ -43,6 +44,7 @@ const SECTIONS: &[&str] = &[
     "limits",
     "auth",
     "log",
+    "agent",
 ];
 
 /// NanoClaw `.env` names and the settings they set.
@@ -93,6 +95,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub agent: AgentConfig,
     pub secrets: Secrets,
 }
 
@@ -287,6 +290,26 @@ impl Default for AuthConfig {
     }
 }
 
+/// Which agent runs a group's turns (issue: Claude Code as the agent).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// `talon` (the built-in runner) or `claude-code` (the real CLI, its
+    /// API calls carried to the host's credential proxy); a group may
+    /// choose its own (`talon groups set <chat> --runtime …`).
+    pub runtime: AgentRuntime,
+    /// The image Claude Code groups run in.
+    pub claude_image: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            runtime: AgentRuntime::Talon,
+            claude_image: "talon-agent-claude:latest".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// A `tracing` filter: `info`, or `info,talon=debug`.
@@ -399,6 +422,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            agent: AgentConfig::default(),
             secrets: Secrets::default(),
         }
     }
@@ -703,7 +727,11 @@ impl Sources {
                 continue;
             }
             // Only TALON_<known section>_… is configuration; other TALON_
-            // variables (TALON_HOME, …) belong to the command line.
+            // variables (TALON_HOME, …) belong to the command line, and
+            // TALON_AGENT_RUNNER to the image builder.
+            if name == crate::image::RUNNER_ENV {
+                continue;
+            }
             let Some((section, key)) = name
                 .strip_prefix("TALON_")
                 .and_then(|rest| rest.split_once('_'))
@@ -1010,6 +1038,15 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
     let log = LogConfig {
         level: s.get("log", "level", defaults.log.level, log_filter)?,
     };
+    let agent = AgentConfig {
+        runtime: s.get("agent", "runtime", defaults.agent.runtime, agent_runtime)?,
+        claude_image: s.get(
+            "agent",
+            "claude_image",
+            defaults.agent.claude_image,
+            non_empty_text,
+        )?,
+    };
     Ok(Config {
         assistant,
         queue,
@@ -1022,8 +1059,13 @@ fn read_settings(s: &mut Sources, default_user: String) -> Result<Config, Config
         limits,
         auth,
         log,
+        agent,
         secrets: Secrets::default(),
     })
+}
+
+fn agent_runtime(raw: &Raw) -> Result<AgentRuntime, String> {
+    text(raw)?.parse()
 }
 
 // Value parsers: each returns the problem as a phrase that follows "`key` ".
@@ -1423,6 +1465,10 @@ mod tests {
             auth: AuthConfig::default(),
             log: LogConfig {
                 level: "info".into(),
+            },
+            agent: AgentConfig {
+                runtime: AgentRuntime::Talon,
+                claude_image: "talon-agent-claude:latest".into(),
             },
             secrets: Secrets::default(),
         }

@@ -67,6 +67,7 @@ const FIELDS: &[&str] = &[
     "additional_mounts",
     "secrets",
     "provider",
+    "runtime",
 ];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -97,6 +98,21 @@ pub struct GroupContainerConfig {
     /// the router (or HEAVY) decides, with the tier's configured model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<GroupProvider>,
+    /// The agent this group runs (`talon` or `claude-code`); unset:
+    /// `[agent] runtime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<crate::messages::wire::AgentRuntime>,
+}
+
+/// `--runtime` of `talon groups set`: a runtime, or '' for the default.
+pub fn parse_runtime_flag(
+    value: &str,
+) -> Result<Option<crate::messages::wire::AgentRuntime>, String> {
+    if value.trim().is_empty() {
+        Ok(None)
+    } else {
+        value.parse().map(Some)
+    }
 }
 
 /// The longest model name a group may set.
@@ -562,6 +578,7 @@ mod tests {
                 tier: Some(crate::provider::Tier::Heavy),
                 model: None,
             }),
+            runtime: None,
         };
         let cases: Vec<(&str, GroupContainerConfig)> = vec![
             (
@@ -795,6 +812,7 @@ mod tests {
                 tier: Some(crate::provider::Tier::Heavy),
                 model: None,
             }),
+            runtime: None,
         };
         let json = config.to_json();
         assert_eq!(
@@ -827,6 +845,7 @@ mod tests {
                 tier: Some(crate::provider::Tier::Light),
                 model: Some("special-model".into()),
             }),
+            runtime: Some(crate::messages::wire::AgentRuntime::ClaudeCode),
         };
         let value: serde_json::Value = serde_json::from_str(&config.to_json()).unwrap();
         let keys: Vec<&str> = value
@@ -840,6 +859,22 @@ mod tests {
         let mut sorted_keys = keys.clone();
         sorted_keys.sort_unstable();
         assert_eq!(sorted_keys, sorted_fields);
+    }
+
+    #[test]
+    fn a_group_runtime_is_stored_and_the_flag_can_reset_it() {
+        let config = GroupContainerConfig::of_group(Some(r#"{"runtime":"claude-code"}"#)).unwrap();
+        assert_eq!(
+            config.runtime,
+            Some(crate::messages::wire::AgentRuntime::ClaudeCode)
+        );
+        assert!(GroupContainerConfig::of_group(Some(r#"{"runtime":"gpt"}"#)).is_err());
+        assert_eq!(parse_runtime_flag(""), Ok(None));
+        assert_eq!(
+            parse_runtime_flag("talon"),
+            Ok(Some(crate::messages::wire::AgentRuntime::Talon))
+        );
+        assert!(parse_runtime_flag("bogus").is_err());
     }
 
     #[test]

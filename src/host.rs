@@ -43,6 +43,7 @@ use crate::config::Config;
 use crate::container_config::GroupContainerConfig;
 use crate::docker::{self, Mount, RunSpec};
 use crate::messages::channel::channel_name;
+use crate::messages::wire::AgentRuntime;
 use crate::messages::RegisteredGroup;
 use crate::mount_security;
 use crate::paths::Paths;
@@ -75,6 +76,61 @@ pub struct HostContext {
     /// Mounted read-only into main's container, when known.
     pub project_root: Option<PathBuf>,
     pub instance: String,
+    /// Claude Code groups' credential proxy (the token manager's credential
+    /// on every call); `None` without an Anthropic credential.
+    pub claude_proxy: Option<Arc<crate::provider::proxy::MessagesProxy>>,
+    /// Images found (or built) since start, so each is checked once.
+    images_ready: tokio::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Which agent runs `group`'s turns: its own choice, else `[agent] runtime`.
+/// A config that does not parse counts as no choice (`run_plan` refuses it).
+pub fn runtime_of(group: &RegisteredGroup, config: &Config) -> AgentRuntime {
+    GroupContainerConfig::of_group(group.container_config.as_deref())
+        .ok()
+        .and_then(|c| c.runtime)
+        .unwrap_or(config.agent.runtime)
+}
+
+/// The image a runtime runs in.
+pub fn image_of(runtime: AgentRuntime, config: &Config) -> &str {
+    match runtime {
+        AgentRuntime::Talon => &config.container.image,
+        AgentRuntime::ClaudeCode => &config.agent.claude_image,
+    }
+}
+
+/// How much of a proxied request or response is carried.
+const PROXY_MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
+const PROXY_MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
+
+fn build_claude_proxy(
+    config: &Config,
+    log: Arc<RoutingLog>,
+) -> Option<Arc<crate::provider::proxy::MessagesProxy>> {
+    if crate::auth::credential_in_use(config).0 == TokenKind::None {
+        return None;
+    }
+    let p = &config.provider;
+    let proxy_config = crate::provider::proxy::ProxyConfig {
+        base_url: p
+            .base_url
+            .clone()
+            .unwrap_or_else(|| ANTHROPIC_DEFAULT_BASE_URL.into())
+            .trim_end_matches('/')
+            .to_string(),
+        request_timeout: p.request_timeout,
+        max_request_bytes: PROXY_MAX_REQUEST_BYTES,
+        max_response_bytes: PROXY_MAX_RESPONSE_BYTES,
+    };
+    let credentials: SharedCredentials = Arc::new(FromTokenManager);
+    match crate::provider::proxy::MessagesProxy::new(proxy_config, credentials, Some(log)) {
+        Ok(proxy) => Some(Arc::new(proxy)),
+        Err(error) => {
+            tracing::error!(%error, "cannot set up the credential proxy for Claude Code");
+            None
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,12 +290,13 @@ impl HostContext {
             config.web.clone(),
             timezone,
         ));
-        let routing_log = RoutingLog::new(paths.logs().join("routing-metrics.jsonl"));
+        let routing_log = Arc::new(RoutingLog::new(paths.logs().join("routing-metrics.jsonl")));
+        let claude_proxy = build_claude_proxy(&config, routing_log.clone());
         let providers = Providers::new(
             Arc::clone(&provider),
             build_light_provider(&config)?,
             config.router.clone(),
-            Some(Arc::new(routing_log)),
+            Some(routing_log),
         );
         Ok(HostContext {
             store,
@@ -255,7 +312,33 @@ impl HostContext {
             timezone,
             project_root: None,
             instance,
+            claude_proxy,
+            images_ready: Default::default(),
         })
+    }
+
+    /// Makes sure the image of `runtime` exists, building the Claude Code
+    /// image offline the first time it is needed (the talon image is
+    /// checked at start). Checked once per image and process.
+    pub async fn ensure_runtime_image(&self, runtime: AgentRuntime) -> Result<(), String> {
+        if runtime == AgentRuntime::Talon {
+            return Ok(());
+        }
+        let tag = image_of(runtime, &self.config).to_string();
+        let mut ready = self.images_ready.lock().await;
+        if ready.contains(&tag) {
+            return Ok(());
+        }
+        let mut progress = |line: &str| tracing::info!(image = %tag, "{line}");
+        match crate::image::ensure_claude_image(&self.docker, &tag, false, &mut progress).await {
+            Ok(_) => {
+                ready.insert(tag);
+                Ok(())
+            }
+            Err(error) => Err(format!(
+                "cannot run Claude Code: the image {tag} is missing and cannot be built ({error})"
+            )),
+        }
     }
 
     /// The provider for one run of `group` with this agent prompt, chosen by
@@ -329,7 +412,7 @@ impl HostContext {
         let cpus = overrides.cpus.unwrap_or(c.cpus);
         let spec = RunSpec {
             name: docker::container_name(&group.folder, now_ms),
-            image: c.image.clone(),
+            image: image_of(runtime_of(group, &self.config), &self.config).to_string(),
             group_folder: group.folder.clone(),
             instance: self.instance.clone(),
             user,

@@ -1,9 +1,17 @@
 //! Logs: `logs/talon.log` (everything at the configured level) and
-//! `logs/talon.error.log` (warnings and errors), rotated daily, 7 kept; plus
-//! stderr. `LOG_LEVEL` or `RUST_LOG` override the configured level.
+//! `logs/talon.error.log` (warnings and errors), always the current files;
+//! at the first write after local midnight each is renamed to the day it
+//! covers (`talon.2026-12-02.log`, `talon.error.2026-12-02.log`), 7 of those
+//! kept ([`daily`]); plus stderr. `LOG_LEVEL` or `RUST_LOG` override the
+//! configured level. Writes go through a background thread, so logging never
+//! blocks the caller on the disk.
 
+pub mod daily;
+
+use anyhow::Context;
+pub use daily::append_rotating;
+use daily::{DailyFile, LogName};
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_appender::rolling::{Builder, Rotation};
 use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -25,16 +33,15 @@ pub fn init(paths: &Paths, level: &str, quiet_stderr: bool) -> anyhow::Result<Lo
             .or_else(|_| EnvFilter::try_new(format!("warn,talon={level}")))
             .unwrap_or_else(|_| EnvFilter::new("warn,talon=info"))
     };
-    let rolling = |name: &str| {
-        Builder::new()
-            .rotation(Rotation::DAILY)
-            .filename_prefix(name)
-            .filename_suffix("log")
-            .max_log_files(7)
-            .build(paths.logs())
+    // Not tracing-appender's own daily rolling: see `daily` for why.
+    let daily = |stem: &str| {
+        let log = LogName::new(stem, "log");
+        let path = paths.logs().join(log.current());
+        DailyFile::open(&paths.logs(), log, daily::KEEP)
+            .with_context(|| format!("cannot open the log {}", path.display()))
     };
-    let (all, all_guard) = tracing_appender::non_blocking(rolling("talon")?);
-    let (errors, error_guard) = tracing_appender::non_blocking(rolling("talon.error")?);
+    let (all, all_guard) = tracing_appender::non_blocking(daily("talon")?);
+    let (errors, error_guard) = tracing_appender::non_blocking(daily("talon.error")?);
     let stderr_level = if quiet_stderr {
         LevelFilter::ERROR
     } else {

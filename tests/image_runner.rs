@@ -146,6 +146,8 @@ fn start_line(prompt: &str) -> HostToRunner {
         assistant_name: "Talon".into(),
         timezone: "UTC".into(),
         heartbeat_ms: None,
+        runtime: Default::default(),
+        model: None,
     })
 }
 

@@ -43,6 +43,7 @@ use crate::messages::wire::{
     self, ErrorKind, HostAction, HostResult, HostToRunner, ModelFailure, ModelResult, RunResult,
     RunnerToHost, StartRun,
 };
+use crate::provider::proxy::MessagesProxy;
 use crate::provider::Provider;
 
 /// What the container reports to its group queue.
@@ -90,6 +91,13 @@ pub enum ContainerMsg {
         request_id: u64,
         result: wire::HostResult,
     },
+    /// A piece of a proxied API answer, for the runner.
+    ApiPart(HostToRunner),
+    /// A proxied API call ended; its usage counts against the run.
+    ApiDone {
+        input_tokens: u64,
+        output_tokens: u64,
+    },
     IdleFired(u64),
     HardFired(u64),
 }
@@ -113,6 +121,9 @@ pub struct ContainerArgs {
     pub max_inflight: usize,
     /// Requests in flight across all containers.
     pub inflight_global: Arc<Semaphore>,
+    /// The credential proxy for a Claude Code run; `None`: API requests
+    /// are refused (the talon runtime never makes them).
+    pub proxy: Option<Arc<MessagesProxy>>,
 }
 
 pub struct ContainerState {
@@ -143,6 +154,9 @@ const STDERR_KEEP: usize = 64 * 1024;
 /// reading (broken, or flooding requests it never reads answers to) must not
 /// wedge this actor, whose timers would then never fire.
 const STDIN_WRITE_LIMIT: Duration = Duration::from_secs(30);
+
+/// The least `max_tokens` a proxied Claude Code call may keep.
+const CLAUDE_CODE_MIN_MAX_TOKENS: u32 = 32_000;
 
 pub struct ContainerActor;
 
@@ -346,12 +360,72 @@ impl ContainerActor {
                     let _ = me.cast(ContainerMsg::HostAnswered { request_id, result });
                 }));
             }
+            RunnerToHost::ApiRequest {
+                request_id,
+                request,
+            } => Self::on_api_request(state, myself, request_id, request, permit).await,
             other => {
                 // Only requests take a permit; anything else is handled as usual.
                 drop(permit);
                 Self::on_stdout(state, myself, other);
             }
         }
+    }
+
+    /// Claude Code's HTTP call: counted as a model call of the run, then
+    /// handed to the credential proxy, whose answer streams back in pieces.
+    async fn on_api_request(
+        state: &mut ContainerState,
+        myself: &ActorRef<ContainerMsg>,
+        request_id: u64,
+        request: wire::ApiRequest,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let refusal = match (&state.args.proxy, state.budget.admit_model_call()) {
+            (None, _) => Some((
+                403,
+                "refused by talon: this run's runtime makes no API calls".to_string(),
+            )),
+            (Some(_), Err(limit)) => {
+                Self::limit_hit(state, limit);
+                Some((429, limit.refusal(state.budget.limits())))
+            }
+            (Some(_), Ok(())) => None,
+        };
+        if let Some((status, message)) = refusal {
+            tracing::warn!(container = %state.args.spec.name, group = %state.args.spec.group_folder,
+                path = %request.path, %message, "API request refused");
+            for line in crate::provider::proxy::refusal_lines(request_id, status, &message) {
+                Self::send(state, &line).await;
+            }
+            return;
+        }
+        let Some(proxy) = state.args.proxy.clone() else {
+            return;
+        };
+        let global = state.args.inflight_global.clone();
+        // Claude Code writes whole files in one tool call: a cap below its
+        // own output size would cut them, so its floor is higher.
+        let cap = state
+            .budget
+            .limits()
+            .max_tokens_per_call
+            .max(CLAUDE_CODE_MIN_MAX_TOKENS);
+        let group = state.args.spec.group_folder.clone();
+        let me = myself.clone();
+        state.tasks.retain(|t| !t.is_finished());
+        state.tasks.push(tokio::spawn(async move {
+            let _own = permit;
+            let _global = global.acquire_owned().await;
+            let emit = |line: HostToRunner| {
+                let _ = me.cast(ContainerMsg::ApiPart(line));
+            };
+            let outcome = proxy.forward(&group, request_id, request, cap, &emit).await;
+            let _ = me.cast(ContainerMsg::ApiDone {
+                input_tokens: outcome.input_tokens,
+                output_tokens: outcome.output_tokens,
+            });
+        }));
     }
 
     /// Output, progress and turn results.
@@ -379,7 +453,8 @@ impl ContainerActor {
                     .cast(GroupQueueMsg::Container(ContainerEvent::TurnDone(result)));
             }
             RunnerToHost::ModelRequest { request_id, .. }
-            | RunnerToHost::HostRequest { request_id, .. } => {
+            | RunnerToHost::HostRequest { request_id, .. }
+            | RunnerToHost::ApiRequest { request_id, .. } => {
                 // Requests arrive as `Request`, with a permit; never here.
                 tracing::warn!(container = %state.args.spec.name, request_id, "a request without an in-flight permit; ignored");
             }
@@ -590,6 +665,14 @@ impl Actor for ContainerActor {
                 }
                 Self::send(state, &HostToRunner::ModelResponse { request_id, result }).await;
             }
+            ContainerMsg::ApiPart(line) => {
+                Self::touch(state, &myself);
+                Self::send(state, &line).await;
+            }
+            ContainerMsg::ApiDone {
+                input_tokens,
+                output_tokens,
+            } => state.budget.record_tokens(input_tokens, output_tokens),
             ContainerMsg::Stderr(text) => {
                 tracing::debug!(container = %state.args.spec.name, stderr = %text.trim_end());
                 if state.stderr_tail.len() < STDERR_KEEP {
@@ -719,7 +802,9 @@ async fn forward_line(
         }
     };
     let sent = match message {
-        RunnerToHost::ModelRequest { .. } | RunnerToHost::HostRequest { .. } => {
+        RunnerToHost::ModelRequest { .. }
+        | RunnerToHost::HostRequest { .. }
+        | RunnerToHost::ApiRequest { .. } => {
             let permit = inflight.clone().acquire_owned().await.map_err(|_| ())?;
             actor.cast(ContainerMsg::Request(message, permit))
         }

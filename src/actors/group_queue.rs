@@ -20,7 +20,7 @@ use crate::batch::{is_stale_session_error, select_batch, task_prompt};
 use crate::container_config::GroupContainerConfig;
 use crate::host::HostContext;
 use crate::messages::channel::{channel_name, ChannelMsg};
-use crate::messages::wire::{ErrorKind, RunStatus, StartRun, PROTOCOL_VERSION};
+use crate::messages::wire::{AgentRuntime, ErrorKind, RunStatus, StartRun, PROTOCOL_VERSION};
 use crate::messages::{RegisteredGroup, StoredMessage};
 use crate::provider::circuit::Circuit;
 use crate::retry::{failure_notice, on_batch_failure, outage_notice, FailureDecision};
@@ -301,6 +301,8 @@ impl GroupQueue {
             assistant_name: ctx.config.assistant.name.clone(),
             timezone: ctx.config.assistant.timezone.clone(),
             heartbeat_ms: None,
+            runtime: Default::default(),
+            model: None,
         };
         // A group given the Threads token gets a fresh one, or a clear
         // refusal: an expired token must not fail silently inside the agent.
@@ -317,6 +319,33 @@ impl GroupQueue {
                 }
                 return Ok(());
             }
+        }
+        let ctx = &state.ctx;
+        let group = &state.group;
+        let runtime = crate::host::runtime_of(group, &ctx.config);
+        if runtime == AgentRuntime::ClaudeCode {
+            let ready = match ctx.claude_proxy {
+                None => Err("cannot run Claude Code: talon has no Anthropic credential to put on its calls (sign in with `claude`, or set ANTHROPIC_API_KEY)".to_string()),
+                Some(_) => ctx.ensure_runtime_image(runtime).await,
+            };
+            if let Err(reason) = ready {
+                tracing::error!(group = %group.folder, %reason, "the group's runtime cannot start");
+                drop(permit);
+                if state.task_in_flight.is_some() {
+                    Self::finish_task(state, Some(reason));
+                } else {
+                    Self::on_failure(myself, state, ErrorKind::Permanent, reason).await?;
+                }
+                return Ok(());
+            }
+            start.runtime = runtime;
+            start.model = Some(
+                GroupContainerConfig::of_group(group.container_config.as_deref())
+                    .ok()
+                    .and_then(|c| c.provider)
+                    .and_then(|p| p.model)
+                    .unwrap_or_else(|| ctx.config.provider.model.clone()),
+            );
         }
         let ctx = &state.ctx;
         let group = &state.group;
@@ -355,6 +384,9 @@ impl GroupQueue {
             ),
             max_inflight: ctx.config.limits.max_inflight_per_container,
             inflight_global: ctx.inflight.clone(),
+            proxy: (runtime == AgentRuntime::ClaudeCode)
+                .then(|| ctx.claude_proxy.clone())
+                .flatten(),
         };
         let (container, _) = Actor::spawn_linked(
             Some(format!("container:{container_name}")),

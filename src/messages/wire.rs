@@ -9,6 +9,13 @@
 //! The runner never holds a credential: when it needs a completion it sends a
 //! [`RunnerToHost::ModelRequest`] and the host, which holds the keys, answers
 //! with [`HostToRunner::ModelResponse`].
+//!
+//! Under the Claude Code runtime the CLI speaks HTTP to a listener the runner
+//! opens on the container's loopback; each request crosses as a
+//! [`RunnerToHost::ApiRequest`] and its response streams back as
+//! [`HostToRunner::ApiResponseHead`], `ApiResponseChunk`s and one
+//! `ApiResponseEnd`. The host checks the path, puts the real credential on
+//! it and forwards it; the container only ever sees a placeholder key.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +43,77 @@ pub enum HostToRunner {
     },
     /// The answer to a [`RunnerToHost::HostRequest`] with the same id.
     HostResponse { request_id: u64, result: HostResult },
+    /// The status and headers of the answer to a [`RunnerToHost::ApiRequest`].
+    ApiResponseHead {
+        request_id: u64,
+        status: u16,
+        headers: Vec<(String, String)>,
+    },
+    /// The next piece of that answer's body (SSE text, or JSON).
+    ApiResponseChunk { request_id: u64, data: String },
+    /// The answer is complete; `error` says why it was cut short.
+    ApiResponseEnd {
+        request_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+}
+
+/// Which agent a group runs (`[agent] runtime`, or the group's own choice).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentRuntime {
+    /// talon's own runner: the tool loop, model calls as `ModelRequest`s.
+    #[default]
+    Talon,
+    /// The Claude Code CLI, driven by the runner over stream-json, its HTTP
+    /// carried to the host's credential proxy as `ApiRequest`s.
+    ClaudeCode,
+}
+
+impl AgentRuntime {
+    pub fn is_talon(&self) -> bool {
+        *self == AgentRuntime::Talon
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentRuntime::Talon => "talon",
+            AgentRuntime::ClaudeCode => "claude-code",
+        }
+    }
+}
+
+impl std::str::FromStr for AgentRuntime {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.trim() {
+            "talon" => Ok(AgentRuntime::Talon),
+            "claude-code" => Ok(AgentRuntime::ClaudeCode),
+            other => Err(format!(
+                "unknown agent runtime {other:?}: use \"talon\" or \"claude-code\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for AgentRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An HTTP request Claude Code made to the runner's loopback listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiRequest {
+    pub method: String,
+    /// Path and query, e.g. `/v1/messages?beta=true`.
+    pub path: String,
+    /// As received, credentials included; the host drops what it does not allow.
+    pub headers: Vec<(String, String)>,
+    /// The body as text (the Messages API takes JSON).
+    pub body: String,
 }
 
 /// Everything the runner needs to begin a run.
@@ -57,6 +135,12 @@ pub struct StartRun {
     /// heartbeat well inside it. `None`: the runner's own default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_ms: Option<u64>,
+    /// Which agent runs this turn; old hosts send none (talon's own).
+    #[serde(default, skip_serializing_if = "AgentRuntime::is_talon")]
+    pub runtime: AgentRuntime,
+    /// The model to ask for (Claude Code's `--model`); `None`: its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// What the runner sends to the host.
@@ -76,6 +160,11 @@ pub enum RunnerToHost {
     /// decides what is allowed from the container's own identity, never from
     /// anything in the request.
     HostRequest { request_id: u64, action: HostAction },
+    /// Claude Code's HTTP call, for the host's credential proxy.
+    ApiRequest {
+        request_id: u64,
+        request: ApiRequest,
+    },
     /// The end of one turn (a start or a follow-up).
     Result(RunResult),
 }
@@ -306,6 +395,8 @@ mod tests {
             assistant_name: "Talon".into(),
             timezone: "UTC".into(),
             heartbeat_ms: None,
+            runtime: AgentRuntime::Talon,
+            model: None,
         });
         let line = encode_line(&start).unwrap();
         assert_eq!(line.last(), Some(&b'\n'));
@@ -366,6 +457,45 @@ mod tests {
         let back: HostToRunner =
             serde_json::from_str(&serde_json::to_string(&result).unwrap()).unwrap();
         assert_eq!(back, result);
+    }
+
+    #[test]
+    fn runtime_defaults_to_talon_and_names_are_kebab_case() {
+        let line = r#"{"type":"start","protocol":1,"group_folder":"g","chat_id":"c","is_main":false,"session_id":null,"resume_at":null,"prompt":"p","assistant_name":"A","timezone":"UTC"}"#;
+        let HostToRunner::Start(start) = serde_json::from_str(line).unwrap() else {
+            panic!("not a start line");
+        };
+        assert_eq!(start.runtime, AgentRuntime::Talon);
+        assert_eq!(
+            serde_json::to_string(&AgentRuntime::ClaudeCode).unwrap(),
+            r#""claude-code""#
+        );
+        assert_eq!("claude-code".parse(), Ok(AgentRuntime::ClaudeCode));
+        assert!("claude".parse::<AgentRuntime>().is_err());
+    }
+
+    #[test]
+    fn api_lines_round_trip() {
+        let request = RunnerToHost::ApiRequest {
+            request_id: 3,
+            request: ApiRequest {
+                method: "POST".into(),
+                path: "/v1/messages?beta=true".into(),
+                headers: vec![("x-api-key".into(), "placeholder".into())],
+                body: "{}".into(),
+            },
+        };
+        let back: RunnerToHost =
+            serde_json::from_str(&serde_json::to_string(&request).unwrap()).unwrap();
+        assert_eq!(back, request);
+        let end = HostToRunner::ApiResponseEnd {
+            request_id: 3,
+            error: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&end).unwrap(),
+            r#"{"type":"api_response_end","request_id":3}"#
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod circuit;
 pub mod credential;
 mod http;
 mod openai;
+pub mod proxy;
 mod routed;
 mod router;
 
@@ -35,6 +36,7 @@ use crate::secret::Secret;
 pub use anthropic::{AnthropicConfig, AnthropicProvider, ANTHROPIC_DEFAULT_BASE_URL};
 pub use credential::{CredentialSource, SharedCredentials};
 pub use openai::{OpenAiConfig, OpenAiProvider};
+pub use proxy::{MessagesProxy, ProxyConfig, ProxyOutcome};
 pub use routed::{Providers, RoutingDecision, RoutingLog};
 pub use router::{batch_text_of_prompt, route, Tier, HEAVY_PREFIX, LIGHT_PREFIX};
 

@@ -9,7 +9,6 @@
 //! decision repeated, latency and tokens), so a run that never calls the
 //! model still shows its decision, and a tool-heavy run shows every call.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -60,19 +59,23 @@ impl RoutingLog {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut text = line.to_string();
         text.push('\n');
-        let result = (|| -> std::io::Result<()> {
-            if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?
-                .write_all(text.as_bytes())
-        })();
-        if let Err(err) = result {
+        // The current file keeps its name; a new local day moves the last
+        // one to `routing-metrics.YYYY-MM-DD.jsonl` first (7 kept).
+        if let Err(err) = crate::logging::append_rotating(&self.path, text.as_bytes()) {
             tracing::warn!(path = %self.path.display(), %err, "cannot write the routing log");
         }
+    }
+
+    /// One line of `fields` with a timestamp (the credential proxy's calls,
+    /// which have no routing decision).
+    pub fn record_call(&self, fields: serde_json::Value) {
+        let mut line = json!({
+            "ts": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        });
+        if let (Some(line), serde_json::Value::Object(fields)) = (line.as_object_mut(), fields) {
+            line.extend(fields);
+        }
+        self.append(&line);
     }
 
     fn record(&self, event: &str, decision: &RoutingDecision, extra: serde_json::Value) {

@@ -284,6 +284,10 @@ async fn handle(
         body: json_body.clone().unwrap_or(Value::Null),
     });
 
+    if uri.path() == "/v1/messages/count_tokens" && method == Method::POST {
+        let tokens = rough_tokens(&String::from_utf8_lossy(&body));
+        return (StatusCode::OK, axum::Json(json!({"input_tokens": tokens}))).into_response();
+    }
     if let Some(refusal) = refusal_for(&method, &uri, &headers, json_body.as_ref()) {
         return refusal;
     }
@@ -392,7 +396,7 @@ fn render(shared: &Shared, request: &Value, reply: Reply) -> Response {
                     "output_tokens": rough_tokens(&text),
                 },
             });
-            (StatusCode::OK, axum::Json(body)).into_response()
+            respond(request, body)
         }
         Reply::ToolUse { id, name, input } => {
             let message_id = shared.next_message_id.fetch_add(1, Ordering::Relaxed);
@@ -409,7 +413,7 @@ fn render(shared: &Shared, request: &Value, reply: Reply) -> Response {
                     "output_tokens": rough_tokens(&input.to_string()),
                 },
             });
-            (StatusCode::OK, axum::Json(body)).into_response()
+            respond(request, body)
         }
         Reply::Status {
             code,
@@ -445,9 +449,79 @@ fn render(shared: &Shared, request: &Value, reply: Reply) -> Response {
                     "output_tokens": rough_tokens(&output),
                 },
             });
-            (StatusCode::OK, axum::Json(body)).into_response()
+            respond(request, body)
         }
     }
+}
+
+/// A success body as the API sends it: JSON, or (for `"stream": true`)
+/// the SSE events Claude Code reads.
+fn respond(request: &Value, message: Value) -> Response {
+    if request["stream"] != true {
+        return (StatusCode::OK, axum::Json(message)).into_response();
+    }
+    let mut events = Vec::new();
+    let mut start = message.clone();
+    start["content"] = json!([]);
+    start["stop_reason"] = Value::Null;
+    start["usage"]["output_tokens"] = json!(1);
+    events.push((
+        "message_start",
+        json!({"type": "message_start", "message": start}),
+    ));
+    let blocks = message["content"].as_array().cloned().unwrap_or_default();
+    for (index, block) in blocks.iter().enumerate() {
+        let (opening, delta) = match block["type"].as_str() {
+            Some("tool_use") => {
+                let mut opening = block.clone();
+                opening["input"] = json!({});
+                let partial = block["input"].to_string();
+                (
+                    opening,
+                    json!({"type": "input_json_delta", "partial_json": partial}),
+                )
+            }
+            Some("text") => (
+                json!({"type": "text", "text": ""}),
+                json!({"type": "text_delta", "text": block["text"]}),
+            ),
+            _ => (block.clone(), Value::Null),
+        };
+        events.push((
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": opening}),
+        ));
+        if !delta.is_null() {
+            events.push((
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            ));
+        }
+        events.push((
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": index}),
+        ));
+    }
+    events.push((
+        "message_delta",
+        json!({"type": "message_delta",
+               "delta": {"stop_reason": message["stop_reason"], "stop_sequence": null},
+               "usage": {"output_tokens": message["usage"]["output_tokens"]}}),
+    ));
+    events.push(("message_stop", json!({"type": "message_stop"})));
+    let text: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    (
+        StatusCode::OK,
+        [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-cache"),
+        ],
+        text,
+    )
+        .into_response()
 }
 
 /// About four characters per token, never zero: realistic enough for usage.

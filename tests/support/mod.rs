@@ -71,6 +71,85 @@ pub async fn docker_with_image() -> Option<Docker> {
     Some(docker)
 }
 
+/// The Claude Code image the tests build (never the user's own tag).
+pub const CLAUDE_TEST_IMAGE: &str = "talon-agent-claude:test-image";
+
+/// The Claude Code version `.ci/run` caches (from the pinned wheel).
+pub const CLAUDE_CI_VERSION: &str = "2.1.332";
+
+/// Where `.ci/run` caches the native Claude Code binary.
+pub fn claude_cache_path() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(
+        cache
+            .join("talon")
+            .join(format!("claude-code-{CLAUDE_CI_VERSION}"))
+            .join("claude"),
+    )
+}
+
+/// The native Claude Code binary for the tests: `TALON_CLAUDE_BIN`, else
+/// the `.ci/run` cache. Missing, it is `None` after a notice, except under
+/// `CI=true`, where that is a failure (never a silent skip).
+pub fn claude_bin() -> Option<PathBuf> {
+    let from_env = std::env::var_os(talon::image::CLAUDE_BIN_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let found = match &from_env {
+        Some(path) => path.is_file().then(|| path.clone()),
+        None => claude_cache_path().filter(|path| path.is_file()),
+    };
+    if found.is_none() {
+        let looked = match &from_env {
+            Some(path) => format!(
+                "{}={} is not a file",
+                talon::image::CLAUDE_BIN_ENV,
+                path.display()
+            ),
+            None => format!(
+                "{} is not set and {} does not exist",
+                talon::image::CLAUDE_BIN_ENV,
+                claude_cache_path().map_or("the cache path".into(), |p| p.display().to_string())
+            ),
+        };
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "CI=true but the Claude Code binary is missing ({looked}); .ci/run fetches it \
+                 from the pinned claude-agent-sdk wheel and exports TALON_CLAUDE_BIN"
+            );
+        }
+        eprintln!(
+            "NOTICE: skipping a Claude Code image test, no binary ({looked}); run .ci/run or \
+             set TALON_CLAUDE_BIN"
+        );
+    }
+    found
+}
+
+/// The engine with the Claude Code test image built from the current
+/// sources and [`claude_bin`] (checked once per test binary, like
+/// [`docker_with_image`]); `None` means skip.
+pub async fn docker_with_claude_image() -> Option<Docker> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static ENSURED: AtomicBool = AtomicBool::new(false);
+    let claude = claude_bin()?;
+    let docker = docker_or_skip().await?;
+    let _lock = build_lock();
+    if !ENSURED.load(Ordering::SeqCst) {
+        // The binary the build reads is the one found above.
+        std::env::set_var(talon::image::CLAUDE_BIN_ENV, &claude);
+        let mut progress = |line: &str| eprintln!("[claude image] {line}");
+        talon::image::ensure_claude_image(&docker, CLAUDE_TEST_IMAGE, true, &mut progress)
+            .await
+            .unwrap_or_else(|e| panic!("cannot build the Claude Code test image: {e}"));
+        ENSURED.store(true, Ordering::SeqCst);
+    }
+    Some(docker)
+}
+
 /// A throwaway TALON_HOME.
 pub struct Home {
     pub dir: tempfile::TempDir,

@@ -21,6 +21,7 @@
 #[path = "../../../src/messages/wire.rs"]
 mod wire;
 
+mod claude;
 mod conversation;
 mod pid1;
 mod prompt;
@@ -29,7 +30,7 @@ mod session;
 mod stdio;
 mod tools;
 
-use std::io;
+use std::io::{self, BufReader};
 use std::process::ExitCode;
 
 use runner::{fresh_session_id, Limits, Runner, SessionConfig};
@@ -41,6 +42,13 @@ const EXIT_INCOMPATIBLE: u8 = 2;
 const EXIT_BROKEN: u8 = 1;
 
 fn main() -> ExitCode {
+    // Claude Code starts talon's MCP server as `agent-runner mcp-bridge <port>`.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("mcp-bridge") {
+        return ExitCode::from(claude::mcp::bridge(
+            args.get(2).map(String::as_str).unwrap_or_default(),
+        ));
+    }
     // First, before anything is read or spawned: the tools run as our uid.
     if let Err(error) = pid1::forbid_dumping() {
         eprintln!("agent-runner: prctl(PR_SET_DUMPABLE, 0) failed, going on dumpable: {error}");
@@ -52,6 +60,24 @@ fn main() -> ExitCode {
             eprintln!("agent-runner: cannot start the orphan reaper: {error}");
         }
     }
+    // The start line says which runtime serves this run.
+    let mut input = BufReader::with_capacity(64 * 1024, io::stdin());
+    let mut first = Vec::new();
+    let read = stdio::read_line_bounded(&mut input, wire::MAX_LINE_BYTES, &mut first);
+    if let Ok(stdio::LineRead::Line) = read {
+        if let Some(Ok(wire::HostToRunner::Start(start))) = stdio::parse_line(&first) {
+            if start.runtime == wire::AgentRuntime::ClaudeCode
+                && start.protocol == wire::PROTOCOL_VERSION
+            {
+                return ExitCode::from(claude::run(
+                    start,
+                    Box::new(input),
+                    Box::new(io::stdout()),
+                    Box::new(io::stderr()),
+                ));
+            }
+        }
+    }
     let mut runner = Runner::new(
         fresh_session_id(),
         prompt::read_memories(),
@@ -59,12 +85,12 @@ fn main() -> ExitCode {
         Limits::default(),
         SessionConfig::container(),
     );
-    let stdin = io::stdin();
     let stdout = io::stdout();
     let stderr = io::stderr();
-    let code = stdio::run(
+    let code = stdio::run_after(
         &mut runner,
-        &mut stdin.lock(),
+        Some((read, first)),
+        &mut input,
         &mut stdout.lock(),
         &mut stderr.lock(),
     );

@@ -348,6 +348,12 @@ impl Runner {
                     self.waiting_for()
                 )),
             },
+            // Only the Claude Code runtime makes API requests.
+            HostToRunner::ApiResponseHead { request_id, .. }
+            | HostToRunner::ApiResponseChunk { request_id, .. }
+            | HostToRunner::ApiResponseEnd { request_id, .. } => Step::note(format!(
+                "ignoring API response {request_id}: this runtime makes no API requests"
+            )),
         }
     }
 
@@ -780,6 +786,8 @@ pub mod test_support {
             assistant_name: "Talon".into(),
             timezone: "Europe/Berlin".into(),
             heartbeat_ms: None,
+            runtime: Default::default(),
+            model: None,
         }
     }
 

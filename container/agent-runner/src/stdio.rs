@@ -17,7 +17,7 @@ const HEAD_BYTES: usize = 128;
 
 /// One read from stdin.
 #[derive(Debug, PartialEq)]
-enum LineRead {
+pub(crate) enum LineRead {
     /// A complete line (without its newline) is in the buffer.
     Line,
     /// A line longer than the limit was read and thrown away whole; the
@@ -32,7 +32,7 @@ enum LineRead {
 /// consumed to its end but never buffered (only its first [`HEAD_BYTES`],
 /// at most `max`, are left in `buf`), so a hostile or broken peer cannot
 /// make the runner grow without bound.
-fn read_line_bounded(
+pub(crate) fn read_line_bounded(
     input: &mut impl BufRead,
     max: usize,
     buf: &mut Vec<u8>,
@@ -81,7 +81,7 @@ fn read_line_bounded(
 }
 
 /// Parses one protocol line; `None` for a blank line, which is skipped quietly.
-fn parse_line(line: &[u8]) -> Option<Result<HostToRunner, String>> {
+pub(crate) fn parse_line(line: &[u8]) -> Option<Result<HostToRunner, String>> {
     let trimmed = line.trim_ascii();
     if trimmed.is_empty() {
         return None;
@@ -139,9 +139,24 @@ impl<W: Write> Emit for Writer<'_, W> {
     }
 }
 
+/// A line already read (to see which runtime the start asks for).
+pub(crate) type FirstLine = (io::Result<LineRead>, Vec<u8>);
+
 /// Drives `runner` from `input` to `output` until it exits; returns the exit code.
+#[cfg(test)]
 pub fn run(
     runner: &mut Runner,
+    input: &mut impl BufRead,
+    output: &mut impl Write,
+    diag: &mut impl Write,
+) -> u8 {
+    run_after(runner, None, input, output, diag)
+}
+
+/// [`run`], with the first line already read by the caller.
+pub(crate) fn run_after(
+    runner: &mut Runner,
+    mut first: Option<FirstLine>,
     input: &mut impl BufRead,
     output: &mut impl Write,
     diag: &mut impl Write,
@@ -152,7 +167,14 @@ pub fn run(
     };
     let mut buf = Vec::new();
     loop {
-        let step = match read_line_bounded(input, MAX_LINE_BYTES, &mut buf) {
+        let read = match first.take() {
+            Some((read, line)) => {
+                buf = line;
+                read
+            }
+            None => read_line_bounded(input, MAX_LINE_BYTES, &mut buf),
+        };
+        let step = match read {
             Ok(LineRead::Eof) => runner.on_eof(),
             Ok(LineRead::TooLong { bytes }) => {
                 let head = sniff(&buf);

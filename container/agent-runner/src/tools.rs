@@ -116,6 +116,15 @@ const HOST_TOOLS: [&str; 9] = [
     "web_fetch",
 ];
 
+/// The host tools alone: what the Claude Code runtime offers over MCP (Claude
+/// Code brings its own shell and file tools).
+pub fn host_specs() -> Vec<ToolSpec> {
+    specs()
+        .into_iter()
+        .filter(|spec| HOST_TOOLS.contains(&spec.name.as_str()))
+        .collect()
+}
+
 /// Decides how a tool call runs. A host tool's name is its action's tag, so
 /// its input maps onto [`HostAction`] by adding that tag.
 pub fn dispatch(name: &str, input: &Value) -> Dispatch {

@@ -7,6 +7,17 @@
 //! fixed times and owners), so its sha256 identifies the image's content; it
 //! is stored as the label `talon.context-sha256`, which is how a stale image
 //! is recognised and rebuilt.
+//!
+//! The Claude Code image (`talon image build --runtime claude-code`) is built
+//! the same way from the native `claude` binary and the host libraries it
+//! needs; see [`claude`].
+
+pub mod claude;
+
+pub use claude::{
+    build_claude_image, ensure_claude_image, locate_claude, parse_ldd, prepare_claude_context,
+    ClaudeContext, ClaudeSources, CLAUDE_BIN_ENV, CLAUDE_IMAGE,
+};
 
 use std::collections::HashMap;
 use std::io;
@@ -46,7 +57,7 @@ const RUNNER_TARGET: &str = "x86_64-unknown-linux-gnu";
 const RUNNER_RUSTFLAGS: &str = "-C target-feature=+crt-static -C strip=symbols";
 
 /// Busybox applets linked into `/bin` (besides `sh`).
-const APPLETS: &[&str] = &[
+pub(crate) const APPLETS: &[&str] = &[
     "ls", "cat", "echo", "mkdir", "rm", "cp", "mv", "grep", "sed", "awk", "find", "head", "tail",
     "wc", "sort", "uniq", "cut", "tr", "env", "sleep", "id", "touch", "chmod", "date", "xargs",
     "test", "true", "false", "printf", "pwd", "basename", "dirname", "tee", "diff",
@@ -64,15 +75,15 @@ LABEL talon.managed="true"
 ENTRYPOINT ["/usr/local/bin/agent-runner"]
 "#;
 
-const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
+pub(crate) const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
 talon:x:1000:1000:talon:/home/talon:/bin/sh\n\
 nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 
-const GROUP: &str = "root:x:0:\ntalon:x:1000:\nnogroup:x:65534:\n";
+pub(crate) const GROUP: &str = "root:x:0:\ntalon:x:1000:\nnogroup:x:65534:\n";
 
 /// Fixed mtime for every entry (2024-01-01), so the tar is byte-identical
 /// for identical inputs.
-const CONTEXT_MTIME: u64 = 1_704_067_200;
+pub(crate) const CONTEXT_MTIME: u64 = 1_704_067_200;
 
 /// Why the image could not be located, assembled or built. Every message
 /// says what to do about it.
@@ -103,6 +114,41 @@ pub enum ImageError {
          {BUSYBOX_ENV} to a statically linked busybox"
     )]
     BusyboxMissing { path: PathBuf },
+    #[error(
+        "the Claude Code binary was not found ({looked}); install it with `npm i -g \
+         @anthropic-ai/claude-code`, or take the native `claude` from the PyPI wheel \
+         claude-agent-sdk (`pip download --no-deps claude-agent-sdk -d .`, then extract \
+         `claude_agent_sdk/_bundled/claude` from the .whl, a zip) and set {CLAUDE_BIN_ENV} to it"
+    )]
+    ClaudeMissing { looked: String },
+    #[error(
+        "{path} is a script ({first_line}), not the native Claude Code binary the image needs \
+         (it has no interpreter to run a script with); set {CLAUDE_BIN_ENV} to the native ELF \
+         executable: the `claude` file at `claude_agent_sdk/_bundled/claude` in the PyPI wheel \
+         claude-agent-sdk, or the one Claude Code's native installer puts in ~/.local/bin"
+    )]
+    ClaudeNotNative { path: PathBuf, first_line: String },
+    #[error(
+        "bash was not found at {path}; the Claude Code image copies the host's bash, so install \
+         it (apt-get install bash)"
+    )]
+    BashMissing { path: PathBuf },
+    #[error(
+        "could not run `ldd` to find the libraries of {path} ({source}); install glibc's ldd \
+         (Debian/Ubuntu: apt-get install libc-bin) and make sure it is on PATH"
+    )]
+    LddMissing { path: PathBuf, source: io::Error },
+    #[error("`ldd {path}` failed ({message}); check that it is an executable for this machine")]
+    LddFailed { path: PathBuf, message: String },
+    #[error(
+        "{path} needs libraries this machine does not have ({libraries}: `ldd` says not found); \
+         install them, or use a build of it for this system"
+    )]
+    LibraryNotFound { path: PathBuf, libraries: String },
+    #[error("`ldd {binary}` named a library at {path}, which cannot be placed in the image (it must be an absolute path without `..`)")]
+    BadLibraryPath { binary: PathBuf, path: PathBuf },
+    #[error("{path} changed while the image was being built; run the build again")]
+    ChangedDuringBuild { path: PathBuf },
     #[error(
         "{what} {path} is dynamically linked (interpreter {interpreter}) and cannot run in the \
          FROM-scratch agent image; {fix}"
@@ -174,6 +220,14 @@ const BUSYBOX_FIX: &str =
 /// `$TALON_BUSYBOX` or `/bin/busybox`. Both must be statically linked.
 /// This blocks (it may run cargo): call it off the async runtime.
 pub fn locate_sources() -> Result<ImageSources, ImageError> {
+    let runner = locate_runner()?;
+    let busybox = locate_busybox()?;
+    Ok(ImageSources { runner, busybox })
+}
+
+/// The static agent runner: `$TALON_AGENT_RUNNER`, or built from this
+/// checkout with cargo. Blocks (it may run cargo).
+pub(crate) fn locate_runner() -> Result<PathBuf, ImageError> {
     let runner = match std::env::var_os(RUNNER_ENV).filter(|v| !v.is_empty()) {
         Some(path) => {
             let path = PathBuf::from(path);
@@ -185,7 +239,11 @@ pub fn locate_sources() -> Result<ImageSources, ImageError> {
         None => build_runner(Path::new(env!("CARGO_MANIFEST_DIR")))?,
     };
     check_static(&runner, "the agent runner", RUNNER_FIX)?;
+    Ok(runner)
+}
 
+/// The static busybox: `$TALON_BUSYBOX` or `/bin/busybox`.
+pub(crate) fn locate_busybox() -> Result<PathBuf, ImageError> {
     let busybox = std::env::var_os(BUSYBOX_ENV)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
@@ -194,7 +252,7 @@ pub fn locate_sources() -> Result<ImageSources, ImageError> {
         return Err(ImageError::BusyboxMissing { path: busybox });
     }
     check_static(&busybox, "busybox", BUSYBOX_FIX)?;
-    Ok(ImageSources { runner, busybox })
+    Ok(busybox)
 }
 
 /// Builds the runner with cargo in the workspace at `root` and returns the binary.
@@ -243,7 +301,7 @@ fn build_runner(root: &Path) -> Result<PathBuf, ImageError> {
 
 /// What [`elf_interpreter`] found wrong with a file.
 #[derive(Debug, PartialEq, Eq)]
-enum ElfProblem {
+pub(crate) enum ElfProblem {
     NotElf,
     Truncated,
 }
@@ -260,7 +318,7 @@ impl std::fmt::Display for ElfProblem {
 /// The program interpreter (dynamic loader) an ELF file asks for, if any:
 /// `None` means statically linked. Reads the program header table for a
 /// `PT_INTERP` entry; handles 32/64-bit and both byte orders.
-fn elf_interpreter(bytes: &[u8]) -> Result<Option<String>, ElfProblem> {
+pub(crate) fn elf_interpreter(bytes: &[u8]) -> Result<Option<String>, ElfProblem> {
     const PT_INTERP: u32 = 3;
     if bytes.len() < 16 || &bytes[..4] != b"\x7fELF" {
         return Err(ElfProblem::NotElf);
@@ -462,7 +520,7 @@ fn context_tar(runner: Vec<u8>, busybox: Vec<u8>) -> io::Result<Vec<u8>> {
     builder.into_inner()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -474,15 +532,34 @@ pub async fn build_image(
     ctx: BuildContext,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> Result<(), ImageError> {
-    let labels = HashMap::from([(CONTEXT_HASH_LABEL, ctx.hash.as_str())]);
-    let options = BuildImageOptionsBuilder::default()
+    let stream = docker.build_image(
+        build_options(tag, &ctx.hash),
+        None,
+        Some(bollard::body_full(ctx.tar.into())),
+    );
+    drain_build(stream, progress).await
+}
+
+/// The engine's build options: `tag`, the context hash label, no
+/// intermediate containers left behind.
+pub(crate) fn build_options(tag: &str, hash: &str) -> bollard::query_parameters::BuildImageOptions {
+    let labels = HashMap::from([(CONTEXT_HASH_LABEL, hash)]);
+    BuildImageOptionsBuilder::default()
         .dockerfile("Dockerfile")
         .t(tag)
         .rm(true)
         .forcerm(true)
         .labels(&labels)
-        .build();
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(ctx.tar.into())));
+        .build()
+}
+
+/// Follows a build to its end, passing the engine's output lines to
+/// `progress`; an error in the stream is the build's error.
+pub(crate) async fn drain_build(
+    stream: impl futures::Stream<Item = Result<bollard::models::BuildInfo, DockerError>>,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> Result<(), ImageError> {
+    let mut stream = std::pin::pin!(stream);
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
@@ -517,7 +594,10 @@ pub async fn build_image(
 
 /// The image's id and context hash label (`""` when it has none), or
 /// `None` when there is no image `tag`.
-async fn inspect(docker: &Docker, tag: &str) -> Result<Option<(String, String)>, ImageError> {
+pub(crate) async fn inspect(
+    docker: &Docker,
+    tag: &str,
+) -> Result<Option<(String, String)>, ImageError> {
     match docker.inspect_image(tag).await {
         Ok(image) => {
             let hash = image
@@ -594,20 +674,29 @@ pub async fn ensure_image(
         }
     };
     build_image(docker, tag, ctx, progress).await?;
-    // The replaced image would linger untagged; remove it unless a container
-    // still uses it (then the engine refuses, which is fine).
-    if let (Some((old_id, _)), Some((new_id, _))) = (&existing, inspect(docker, tag).await?) {
-        if !old_id.is_empty() && *old_id != new_id {
+    remove_replaced(docker, tag, existing).await?;
+    Ok(true)
+}
+
+/// The image `tag` was before a rebuild would linger untagged; removes it
+/// unless a container still uses it (then the engine refuses, which is fine).
+pub(crate) async fn remove_replaced(
+    docker: &Docker,
+    tag: &str,
+    existing: Option<(String, String)>,
+) -> Result<(), ImageError> {
+    if let (Some((old_id, _)), Some((new_id, _))) = (existing, inspect(docker, tag).await?) {
+        if !old_id.is_empty() && old_id != new_id {
             let _ = docker
                 .remove_image(
-                    old_id,
+                    &old_id,
                     None::<bollard::query_parameters::RemoveImageOptions>,
                     None,
                 )
                 .await;
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 #[cfg(test)]
