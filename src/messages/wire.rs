@@ -371,6 +371,20 @@ impl ErrorKind {
     }
 }
 
+/// The Messages API's error `type` for a status, for an error answer made
+/// by talon itself (the runner's or the host's side of the proxy).
+pub fn api_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
 /// Serialises one message as a protocol line (with the trailing newline).
 pub fn encode_line<T: Serialize>(message: &T) -> Result<Vec<u8>, serde_json::Error> {
     let mut line = serde_json::to_vec(message)?;

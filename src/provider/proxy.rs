@@ -330,22 +330,16 @@ impl Utf8Pieces {
     }
 }
 
-fn error_type(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        500..=599 => "api_error",
-        _ => "invalid_request_error",
-    }
-}
-
 /// The lines that answer a request the host will not forward: an error
 /// status with an Anthropic-shaped body, so Claude Code shows the reason.
 pub fn refusal_lines(request_id: u64, status: u16, message: &str) -> Vec<HostToRunner> {
-    let body = json!({"type": "error", "error": {"type": error_type(status), "message": message}});
+    let kind = crate::messages::wire::api_error_type(status);
+    let body = json!({"type": "error", "error": {"type": kind, "message": message}});
+    answer_lines(request_id, status, body.to_string())
+}
+
+/// A whole JSON answer as head, one chunk and the end.
+fn answer_lines(request_id: u64, status: u16, body: String) -> Vec<HostToRunner> {
     vec![
         HostToRunner::ApiResponseHead {
             request_id,
@@ -354,7 +348,7 @@ pub fn refusal_lines(request_id: u64, status: u16, message: &str) -> Vec<HostToR
         },
         HostToRunner::ApiResponseChunk {
             request_id,
-            data: body.to_string(),
+            data: body,
         },
         HostToRunner::ApiResponseEnd {
             request_id,
@@ -522,7 +516,8 @@ impl MessagesProxy {
                 if text.to_ascii_lowercase().contains("usage limit") {
                     self.credentials.exhausted(credential.clone()).await
                 } else {
-                    for line in refusal_passthrough(request_id, status, &text) {
+                    // An upstream error already read is passed on as it was.
+                    for line in answer_lines(request_id, status, text) {
                         emit(line);
                     }
                     let outcome = ProxyOutcome {
@@ -638,25 +633,6 @@ impl MessagesProxy {
         self.metrics(group, path, &outcome, started);
         outcome
     }
-}
-
-/// An upstream error answer already read, passed on as it was.
-fn refusal_passthrough(request_id: u64, status: u16, body: &str) -> Vec<HostToRunner> {
-    vec![
-        HostToRunner::ApiResponseHead {
-            request_id,
-            status,
-            headers: vec![("content-type".into(), "application/json".into())],
-        },
-        HostToRunner::ApiResponseChunk {
-            request_id,
-            data: body.to_string(),
-        },
-        HostToRunner::ApiResponseEnd {
-            request_id,
-            error: None,
-        },
-    ]
 }
 
 #[cfg(test)]

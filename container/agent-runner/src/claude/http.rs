@@ -135,15 +135,7 @@ pub fn response_head(status: u16, headers: &[(String, String)]) -> String {
 
 /// An Anthropic-shaped error body, so Claude Code shows the reason.
 pub fn error_body(status: u16, message: &str) -> String {
-    let kind = match status {
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        500..=599 => "api_error",
-        _ => "invalid_request_error",
-    };
+    let kind = crate::wire::api_error_type(status);
     serde_json::json!({"type": "error", "error": {"type": kind, "message": message}}).to_string()
 }
 
