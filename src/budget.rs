@@ -122,6 +122,18 @@ impl RunBudget {
         &self.limits
     }
 
+    /// Half or more of the run's model calls, tokens or output is spent. A
+    /// warm container takes every follow-up of a busy chat into the same
+    /// run, so at the end of a turn such a run is closed and the next
+    /// message starts a fresh one: a chat is never left with a run that
+    /// refuses everything, while one runaway turn still stops at the limit.
+    pub fn mostly_spent(&self) -> bool {
+        let half = |used: u64, max: u64| used.saturating_mul(2) >= max;
+        half(self.model_calls, self.limits.max_model_calls)
+            || half(self.tokens, self.limits.max_tokens)
+            || half(self.output_bytes, self.limits.max_output_bytes)
+    }
+
     /// Counts a model call, or refuses it when the run's calls or tokens
     /// are spent.
     pub fn admit_model_call(&mut self) -> Result<(), Limit> {
@@ -258,6 +270,27 @@ mod tests {
             assert_eq!(budget.admit_host_action(much_later), Ok(()));
         }
         assert!(budget.admit_host_action(much_later).is_err());
+    }
+
+    #[test]
+    fn a_run_is_mostly_spent_at_half_of_any_budget() {
+        let now = Instant::now();
+        let mut calls = RunBudget::new(limits(), now);
+        assert!(!calls.mostly_spent());
+        calls.admit_model_call().unwrap();
+        assert!(!calls.mostly_spent(), "1 of 3 calls");
+        calls.admit_model_call().unwrap();
+        assert!(calls.mostly_spent(), "2 of 3 calls");
+
+        let mut tokens = RunBudget::new(limits(), now);
+        tokens.record_tokens(limits().max_tokens / 2 - 1, 0);
+        assert!(!tokens.mostly_spent());
+        tokens.record_tokens(0, 1);
+        assert!(tokens.mostly_spent());
+
+        let mut output = RunBudget::new(limits(), now);
+        output.admit_output(limits().max_output_bytes / 2).unwrap();
+        assert!(output.mostly_spent());
     }
 
     #[test]

@@ -402,6 +402,7 @@ async fn daemon(paths: &Paths, explicit: Option<&std::path::Path>) -> Result<()>
     }
     announce_channels(&names, "running");
     let _watchdog = crate::service::ready();
+    let _trimmer = crate::memory::spawn_trimmer();
     while let Ended::Reload = serve(&host, &mut signals, None, true).await {
         // The new configuration is checked whole before the running host
         // is touched: a broken file never takes talon down.

@@ -165,7 +165,7 @@ pub fn token_manager_args(config: &Config, store: Store, paths: Paths) -> TokenM
         api_key: s.anthropic_api_key.clone(),
         fallback_key: s.anthropic_api_key_fallback.clone(),
         store,
-        client: reqwest::Client::builder()
+        client: crate::tls::http_client()
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap_or_default(),

@@ -19,6 +19,10 @@ use tracing_subscriber::Layer;
 
 use crate::paths::Paths;
 
+/// Lines a log's writer thread may have queued; past this a line is
+/// dropped (and counted by tracing-appender) rather than block the caller.
+const QUEUED_LINES: usize = 8192;
+
 /// Keeps the background writers alive; drop it last.
 pub struct LogGuards {
     _guards: Vec<WorkerGuard>,
@@ -40,8 +44,16 @@ pub fn init(paths: &Paths, level: &str, quiet_stderr: bool) -> anyhow::Result<Lo
         DailyFile::open(&paths.logs(), log, daily::KEEP)
             .with_context(|| format!("cannot open the log {}", path.display()))
     };
-    let (all, all_guard) = tracing_appender::non_blocking(daily("talon")?);
-    let (errors, error_guard) = tracing_appender::non_blocking(daily("talon.error")?);
+    // tracing-appender's default queue (128 000 lines) is a slot array of
+    // 4 MB touched when it is made, per log; a few thousand lines is ample
+    // ahead of a thread that only appends to a file.
+    let writer = || {
+        tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .buffered_lines_limit(QUEUED_LINES)
+            .thread_name("talon-log")
+    };
+    let (all, all_guard) = writer().finish(daily("talon")?);
+    let (errors, error_guard) = writer().finish(daily("talon.error")?);
     let stderr_level = if quiet_stderr {
         LevelFilter::ERROR
     } else {

@@ -4,9 +4,13 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    talon::memory::tune_allocator();
     let cli = talon::cli::Cli::parse();
     raise_file_limit();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(talon::memory::worker_threads(cores))
+        .max_blocking_threads(talon::memory::MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
     {

@@ -435,3 +435,46 @@ async fn a_groups_container_config_applies_named_secrets_limits_and_allowed_moun
     );
     host.stop().await;
 }
+
+/// A busy chat's warm container takes every follow-up into one run. Once
+/// the run has spent half its model calls it is closed at the end of a
+/// turn, so the chat never meets a run that refuses everything (the soak
+/// found every message refused after a warm run's 200th call).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_spent_half_its_budget_is_replaced_at_the_end_of_a_turn() {
+    let Some(docker) = docker_with_image().await else {
+        return;
+    };
+    let model = replying_model().await;
+    let overrides = [
+        ("TALON_LIMITS_MAX_MODEL_CALLS_PER_RUN", "4"),
+        ("TALON_CONTAINER_IDLE_TIMEOUT", "60s"),
+    ];
+    let mut host = start_host_with(
+        docker,
+        &model,
+        &[group(TERMINAL_CHAT, "main", true, false)],
+        &overrides,
+    )
+    .await;
+    for i in 1..=7 {
+        router()
+            .cast(talon::actors::router::RouterMsg::Inbound(message(
+                TERMINAL_CHAT,
+                &format!("m{i}"),
+                &format!("question {i}"),
+            )))
+            .unwrap();
+        assert_eq!(
+            host.next_reply().await,
+            TerminalOutput::Reply(format!("reply to: question {i}")),
+            "message {i}"
+        );
+    }
+    let home = host.stop_keeping_home().await;
+    // Each run is closed at the end of its second turn (a third may slip in
+    // while the close is on its way): at least three runs for seven turns.
+    let logs = run_logs(home.path(), "main");
+    assert!(logs.len() >= 3, "{} runs", logs.len());
+    assert_eq!(model.request_count(), 7);
+}

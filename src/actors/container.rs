@@ -32,10 +32,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::actors::group_queue::GroupQueueMsg;
 use crate::budget::{clamp_max_tokens, Limit, RunBudget, RunLimits};
+use crate::deadline::{Deadline, Fired};
 use crate::docker::{create_body, RunSpec};
 use crate::host_actions::{Caller, HostActions};
 use crate::lines::{Frame, LineSplitter};
@@ -98,8 +99,10 @@ pub enum ContainerMsg {
         input_tokens: u64,
         output_tokens: u64,
     },
-    IdleFired(u64),
-    HardFired(u64),
+    /// The idle timer fired (see [`Deadline`]).
+    IdleFired,
+    /// The hard (silence) timer fired.
+    HardFired,
 }
 
 pub struct ContainerArgs {
@@ -131,8 +134,14 @@ pub struct ContainerState {
     stdin: Option<std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
     tasks: Vec<JoinHandle<()>>,
     started: Instant,
-    idle_generation: u64,
-    hard_generation: u64,
+    /// Closes a runner that has been idle this long after its last output.
+    idle: Deadline,
+    /// Kills a runner silent this long; moved by every sign of life.
+    hard: Deadline,
+    /// The pending timer task of each deadline, aborted when the actor
+    /// stops so it does not hold the actor until it fires.
+    idle_timer: Option<AbortHandle>,
+    hard_timer: Option<AbortHandle>,
     budget: RunBudget,
     inflight: Arc<Semaphore>,
     had_output: bool,
@@ -243,21 +252,29 @@ impl ContainerActor {
         Self::send(state, &HostToRunner::Close).await;
     }
 
+    /// Output: the idle timer counts from the last one. One timer task is
+    /// pending at most, however much output comes.
     fn arm_idle(state: &mut ContainerState, myself: &ActorRef<ContainerMsg>) {
-        state.idle_generation += 1;
-        let generation = state.idle_generation;
-        myself.send_after(state.args.idle_timeout, move || {
-            ContainerMsg::IdleFired(generation)
-        });
+        let after = state.args.idle_timeout;
+        if let Some(after) = state.idle.push(tokio::time::Instant::now(), after) {
+            state.idle_timer = Some(Self::timer(myself, after, || ContainerMsg::IdleFired));
+        }
     }
 
     /// Any sign of life: the hard timer counts from the last one.
     fn touch(state: &mut ContainerState, myself: &ActorRef<ContainerMsg>) {
-        state.hard_generation += 1;
-        let generation = state.hard_generation;
-        myself.send_after(state.args.hard_timeout, move || {
-            ContainerMsg::HardFired(generation)
-        });
+        let after = state.args.hard_timeout;
+        if let Some(after) = state.hard.push(tokio::time::Instant::now(), after) {
+            state.hard_timer = Some(Self::timer(myself, after, || ContainerMsg::HardFired));
+        }
+    }
+
+    fn timer(
+        myself: &ActorRef<ContainerMsg>,
+        after: Duration,
+        msg: fn() -> ContainerMsg,
+    ) -> AbortHandle {
+        myself.send_after(after, msg).abort_handle()
     }
 
     async fn kill(state: &mut ContainerState) {
@@ -367,7 +384,7 @@ impl ContainerActor {
             other => {
                 // Only requests take a permit; anything else is handled as usual.
                 drop(permit);
-                Self::on_stdout(state, myself, other);
+                Self::on_stdout(state, myself, other).await;
             }
         }
     }
@@ -429,7 +446,11 @@ impl ContainerActor {
     }
 
     /// Output, progress and turn results.
-    fn on_stdout(state: &mut ContainerState, myself: &ActorRef<ContainerMsg>, line: RunnerToHost) {
+    async fn on_stdout(
+        state: &mut ContainerState,
+        myself: &ActorRef<ContainerMsg>,
+        line: RunnerToHost,
+    ) {
         match line {
             RunnerToHost::Output { text } => {
                 Self::arm_idle(state, myself);
@@ -451,6 +472,12 @@ impl ContainerActor {
                     .args
                     .queue
                     .cast(GroupQueueMsg::Container(ContainerEvent::TurnDone(result)));
+                if state.budget.mostly_spent() {
+                    tracing::info!(container = %state.args.spec.name,
+                        model_calls = state.budget.model_calls(), tokens = state.budget.tokens(),
+                        "the run has spent half its budget; closing it so the next message starts a fresh one");
+                    Self::close(state).await;
+                }
             }
             RunnerToHost::ModelRequest { request_id, .. }
             | RunnerToHost::HostRequest { request_id, .. }
@@ -575,8 +602,10 @@ impl Actor for ContainerActor {
             stdin: None,
             tasks: Vec::new(),
             started: Instant::now(),
-            idle_generation: 0,
-            hard_generation: 0,
+            idle: Deadline::default(),
+            hard: Deadline::default(),
+            idle_timer: None,
+            hard_timer: None,
             budget: RunBudget::new(limits, Instant::now()),
             inflight: Arc::new(Semaphore::new(max_inflight)),
             had_output: false,
@@ -646,7 +675,7 @@ impl Actor for ContainerActor {
             }
             ContainerMsg::Stdout(line) => {
                 Self::touch(state, &myself);
-                Self::on_stdout(state, &myself, line);
+                Self::on_stdout(state, &myself, line).await;
             }
             ContainerMsg::Request(request, permit) => {
                 Self::touch(state, &myself);
@@ -688,20 +717,28 @@ impl Actor for ContainerActor {
                 state.stdin = None;
                 Self::finish_if_done(state, &myself).await;
             }
-            ContainerMsg::IdleFired(generation) => {
-                if generation == state.idle_generation && !state.close_sent {
+            ContainerMsg::IdleFired => match state.idle.fired(tokio::time::Instant::now()) {
+                Fired::Early(rest) => {
+                    state.idle_timer = Some(Self::timer(&myself, rest, || ContainerMsg::IdleFired));
+                }
+                Fired::Expired if !state.close_sent => {
                     tracing::info!(container = %state.args.spec.name, "idle timeout: closing");
                     Self::close(state).await;
                 }
-            }
-            ContainerMsg::HardFired(generation) => {
-                if generation == state.hard_generation && state.exit_code.is_none() {
+                Fired::Expired | Fired::Nothing => {}
+            },
+            ContainerMsg::HardFired => match state.hard.fired(tokio::time::Instant::now()) {
+                Fired::Early(rest) => {
+                    state.hard_timer = Some(Self::timer(&myself, rest, || ContainerMsg::HardFired));
+                }
+                Fired::Expired if state.exit_code.is_none() => {
                     tracing::warn!(container = %state.args.spec.name,
                         silent_for_s = state.args.hard_timeout.as_secs(), "hard timeout: killing a silent runner");
                     state.hard_killed = true;
                     Self::kill(state).await;
                 }
-            }
+                Fired::Expired | Fired::Nothing => {}
+            },
         }
         Ok(())
     }
@@ -713,6 +750,12 @@ impl Actor for ContainerActor {
     ) -> Result<(), ActorProcessingErr> {
         for task in state.tasks.drain(..) {
             task.abort();
+        }
+        for timer in [state.idle_timer.take(), state.hard_timer.take()]
+            .into_iter()
+            .flatten()
+        {
+            timer.abort();
         }
         // Stopped before the container exited (host shutdown): let the
         // runner finish gracefully for a moment, then never leave it running.

@@ -61,7 +61,9 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const CLIENT_QUEUE: usize = 1024;
 /// Outbox ids remembered per client as written to it. Past this the oldest
 /// are forgotten: such a row may reach that client twice, which it dedupes.
-const WRITTEN_IDS: usize = 4096;
+/// A row is handed twice within seconds (its queue and a backlog), so a
+/// thousand is ample, and keeps each client at about 40 KB.
+const WRITTEN_IDS: usize = 1024;
 
 #[derive(Clone)]
 pub struct SocketArgs {

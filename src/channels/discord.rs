@@ -83,7 +83,10 @@ impl Discord {
     }
 
     fn serenity_http(&self) -> serenity::http::Http {
-        let builder = serenity::http::HttpBuilder::new(self.settings.token.expose());
+        // Our client, so serenity's REST calls share the process's TLS
+        // configuration instead of building their own.
+        let builder = serenity::http::HttpBuilder::new(self.settings.token.expose())
+            .client(self.poster.http.clone());
         match &self.settings.origin {
             // serenity's rate limiter ignores the proxy; a stand-in origin
             // is a test double or a local proxy that does its own limiting.
@@ -293,7 +296,7 @@ pub struct DiscordPoster {
 
 impl DiscordPoster {
     fn new(origin: &str, token: &Secret) -> Result<DiscordPoster, String> {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::http_client()
             .user_agent(concat!(
                 "DiscordBot (talon, ",
                 env!("CARGO_PKG_VERSION"),

@@ -85,17 +85,14 @@ impl Slack {
     }
 }
 
-/// Makes sure rustls has a process-wide crypto provider (two are compiled
-/// in, so none is picked by default); the websocket's TLS needs it.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 fn build_client(api_url: Option<&str>) -> Result<Client, String> {
-    install_crypto_provider();
+    // The websocket's TLS asks rustls for the process-wide provider.
+    crate::tls::install_crypto_provider();
+    let mut tls = rustls::ClientConfig::clone(&crate::tls::client_config());
+    // hyper-rustls sets ALPN itself and refuses a configuration that has it.
+    tls.alpn_protocols.clear();
     let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
-        .map_err(|e| format!("no TLS root certificates: {e}"))?
+        .with_tls_config(tls)
         // http only for a test double or a local proxy named in the config.
         .https_or_http()
         .enable_http1()

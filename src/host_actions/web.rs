@@ -468,12 +468,12 @@ impl WebFetcher {
             allow_loopback: config.allow_loopback,
             host: HostAddresses::default(),
         });
-        let client = reqwest::Client::builder()
+        let client = crate::tls::http_client()
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
-            .dns_resolver(CheckedResolver {
+            .dns_resolver(Arc::new(CheckedResolver {
                 guard: Arc::clone(&guard),
-            })
+            }))
             // No per-request timeout: the one in `fetch` covers the whole
             // fetch, redirects included, and says so in its own words.
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)

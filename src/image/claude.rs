@@ -58,7 +58,7 @@ pub struct ClaudeSources {
     /// The native Claude Code binary (symlinks resolved).
     pub claude: PathBuf,
     /// The static agent runner.
-    pub runner: PathBuf,
+    pub runner: super::RunnerBinary,
     /// The static busybox.
     pub busybox: PathBuf,
     /// The host's bash.
@@ -67,8 +67,8 @@ pub struct ClaudeSources {
 
 impl ClaudeSources {
     /// Finds every source: [`locate_claude`], the runner and busybox exactly
-    /// as today's image finds them, and `/bin/bash`. Blocks (it may run
-    /// cargo): call it off the async runtime.
+    /// as today's image finds them, and `/bin/bash`. Reads files: call it
+    /// off the async runtime.
     pub fn locate() -> Result<ClaudeSources, ImageError> {
         let claude = locate_claude()?;
         let bash = PathBuf::from(HOST_BASH);
@@ -299,10 +299,11 @@ enum Entry {
     Dir {
         mode: u32,
     },
-    /// Generated text (the Dockerfile, passwd, group).
+    /// Generated text (the Dockerfile, passwd, group) and the embedded
+    /// runner.
     Inline {
         mode: u32,
-        data: &'static str,
+        data: &'static [u8],
     },
     /// A host file, copied in when the image is built.
     Host {
@@ -322,7 +323,7 @@ impl Entry {
         match self {
             Entry::Dir { mode } => format!("dir {mode:04o} -"),
             Entry::Inline { mode, data } => {
-                format!("file {mode:04o} {}", hex(&Sha256::digest(data.as_bytes())))
+                format!("file {mode:04o} {}", hex(&Sha256::digest(data)))
             }
             Entry::Host { mode, sha256, .. } => format!("file {mode:04o} {}", hex(sha256)),
             Entry::Symlink { target } => {
@@ -422,7 +423,7 @@ fn claude_context(sources: &ClaudeSources, needs: &Needs<'_>) -> Result<ClaudeCo
         "Dockerfile".into(),
         Entry::Inline {
             mode: 0o644,
-            data: DOCKERFILE,
+            data: DOCKERFILE.as_bytes(),
         },
     );
     for (path, mode) in [
@@ -442,7 +443,13 @@ fn claude_context(sources: &ClaudeSources, needs: &Needs<'_>) -> Result<ClaudeCo
         entries.insert(path.into(), dir(mode));
     }
     for (path, data) in [("rootfs/etc/passwd", PASSWD), ("rootfs/etc/group", GROUP)] {
-        entries.insert(path.into(), Entry::Inline { mode: 0o644, data });
+        entries.insert(
+            path.into(),
+            Entry::Inline {
+                mode: 0o644,
+                data: data.as_bytes(),
+            },
+        );
     }
     entries.insert(
         "rootfs/bin/sh".into(),
@@ -466,6 +473,15 @@ fn claude_context(sources: &ClaudeSources, needs: &Needs<'_>) -> Result<ClaudeCo
         },
     );
 
+    if sources.runner == super::RunnerBinary::Embedded {
+        entries.insert(
+            "rootfs/usr/local/bin/agent-runner".into(),
+            Entry::Inline {
+                mode: 0o755,
+                data: super::EMBEDDED_RUNNER,
+            },
+        );
+    }
     let mut host = |image_path: String, source: &Path| -> Result<(), ImageError> {
         let digest = file_digest(source)?;
         entries.insert(
@@ -481,7 +497,9 @@ fn claude_context(sources: &ClaudeSources, needs: &Needs<'_>) -> Result<ClaudeCo
     };
     host("rootfs/bin/busybox".into(), &sources.busybox)?;
     host("rootfs/bin/bash".into(), &sources.bash)?;
-    host("rootfs/usr/local/bin/agent-runner".into(), &sources.runner)?;
+    if let super::RunnerBinary::File(path) = &sources.runner {
+        host("rootfs/usr/local/bin/agent-runner".into(), path)?;
+    }
     host("rootfs/usr/local/bin/claude".into(), &sources.claude)?;
     for (binary, what) in [
         (&sources.claude, "the Claude Code binary"),
@@ -626,7 +644,7 @@ fn write_tar(context: &ClaudeContext, sink: ChunkSender) -> Result<(), TarFailur
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_mode(*mode);
                 header.set_size(data.len() as u64);
-                builder.append_data(&mut header, path, data.as_bytes())
+                builder.append_data(&mut header, path, *data)
             }
             Entry::Symlink { target } => {
                 header.set_entry_type(tar::EntryType::Symlink);
@@ -734,8 +752,8 @@ pub async fn build_claude_image(
     }
 }
 
-/// Plans the context off the async runtime (it may run cargo and hashes
-/// hundreds of megabytes the first time).
+/// Plans the context off the async runtime (it hashes hundreds of
+/// megabytes the first time).
 async fn prepare() -> Result<ClaudeContext, ImageError> {
     tokio::task::spawn_blocking(prepare_claude_context)
         .await
@@ -747,8 +765,8 @@ async fn prepare() -> Result<ClaudeContext, ImageError> {
 /// sources' manifest hash. Returns whether it built.
 ///
 /// As with [`super::ensure_image`], an existing image is kept when its
-/// sources cannot be found (no checkout or cargo for the runner, no
-/// `claude` binary), reported through `progress`.
+/// sources cannot be found (no busybox, no `claude` binary), reported
+/// through `progress`.
 pub async fn ensure_claude_image(
     docker: &Docker,
     tag: &str,
@@ -766,11 +784,7 @@ pub async fn ensure_claude_image(
                 ));
                 context
             }
-            Err(
-                error @ (ImageError::CargoMissing { .. }
-                | ImageError::RunnerSourcesMissing { .. }
-                | ImageError::ClaudeMissing { .. }),
-            ) => {
+            Err(error @ (ImageError::BusyboxMissing { .. } | ImageError::ClaudeMissing { .. })) => {
                 progress(&format!(
                     "cannot check whether image {tag} is current ({error}); using it as is"
                 ));
@@ -955,7 +969,7 @@ mod tests {
         };
         let sources = ClaudeSources {
             claude: write("claude", b"CLAUDE"),
-            runner: write("agent-runner", b"RUNNER"),
+            runner: crate::image::RunnerBinary::File(write("agent-runner", b"RUNNER")),
             busybox: write("busybox", b"BUSYBOX"),
             bash: write("bash", b"BASH"),
         };

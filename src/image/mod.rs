@@ -22,7 +22,6 @@ pub use claude::{
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::BuildImageOptionsBuilder;
@@ -36,25 +35,20 @@ pub const DEFAULT_IMAGE: &str = "talon-agent:latest";
 /// Label holding the sha256 of the build context the image was built from.
 pub const CONTEXT_HASH_LABEL: &str = "talon.context-sha256";
 
-/// Env var naming a prebuilt static agent-runner binary (skips cargo).
+/// Env var naming a static agent-runner binary to use instead of the one
+/// built into talon (a runner under development, say).
 pub const RUNNER_ENV: &str = "TALON_AGENT_RUNNER";
+
+/// The static agent runner, built with talon by `build.rs` and carried in
+/// its binary, so an installed talon needs no toolchain or checkout.
+pub(crate) static EMBEDDED_RUNNER: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/agent-runner"));
 /// Env var naming the static busybox to put in the image.
 pub const BUSYBOX_ENV: &str = "TALON_BUSYBOX";
 /// Where Debian's busybox-static installs its binary.
 pub const DEFAULT_BUSYBOX: &str = "/bin/busybox";
 
 const BUSYBOX_INSTALL_HINT: &str = "apt-get update && apt-get install -y busybox-static";
-
-/// The runner is built for the host's architecture; an explicit target keeps
-/// the static-linking flags off build scripts and proc macros.
-#[cfg(target_arch = "aarch64")]
-const RUNNER_TARGET: &str = "aarch64-unknown-linux-gnu";
-#[cfg(not(target_arch = "aarch64"))]
-const RUNNER_TARGET: &str = "x86_64-unknown-linux-gnu";
-
-/// Static linking makes the runner fit a `FROM scratch` image; stripping
-/// keeps the image small.
-const RUNNER_RUSTFLAGS: &str = "-C target-feature=+crt-static -C strip=symbols";
 
 /// Busybox applets linked into `/bin` (besides `sh`).
 pub(crate) const APPLETS: &[&str] = &[
@@ -90,23 +84,8 @@ pub(crate) const CONTEXT_MTIME: u64 = 1_704_067_200;
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     #[error(
-        "could not run cargo to build the agent runner ({source}); install Rust (cargo) or set \
-         {RUNNER_ENV} to a prebuilt statically linked agent-runner binary"
-    )]
-    CargoMissing { source: io::Error },
-    #[error(
-        "building the agent runner failed (cargo {status}); fix the error shown above, or set \
-         {RUNNER_ENV} to a prebuilt statically linked agent-runner binary"
-    )]
-    RunnerBuildFailed { status: String },
-    #[error(
-        "the agent runner sources are not at {path}; run talon from its source checkout, or set \
-         {RUNNER_ENV} to a prebuilt statically linked agent-runner binary"
-    )]
-    RunnerSourcesMissing { path: PathBuf },
-    #[error(
         "the agent runner binary {path} does not exist; point {RUNNER_ENV} at a statically \
-         linked agent-runner, or unset it to build one from source"
+         linked agent-runner, or unset it to use the one built into talon"
     )]
     RunnerMissing { path: PathBuf },
     #[error(
@@ -187,8 +166,27 @@ pub enum ImageError {
 /// The two binaries the image is made of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSources {
-    pub runner: PathBuf,
+    pub runner: RunnerBinary,
     pub busybox: PathBuf,
+}
+
+/// Where the agent runner comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunnerBinary {
+    /// The one built into talon ([`EMBEDDED_RUNNER`]).
+    Embedded,
+    /// A static runner named by `$TALON_AGENT_RUNNER`.
+    File(PathBuf),
+}
+
+impl RunnerBinary {
+    /// The runner's bytes.
+    pub fn bytes(&self) -> Result<std::borrow::Cow<'static, [u8]>, ImageError> {
+        match self {
+            RunnerBinary::Embedded => Ok(std::borrow::Cow::Borrowed(EMBEDDED_RUNNER)),
+            RunnerBinary::File(path) => read_file(path).map(std::borrow::Cow::Owned),
+        }
+    }
 }
 
 /// A ready build context: the tar sent to the engine and its sha256 (hex).
@@ -213,33 +211,29 @@ const RUNNER_FIX: &str =
 const BUSYBOX_FIX: &str =
     "install busybox-static (apt-get update && apt-get install -y busybox-static) or set TALON_BUSYBOX";
 
-/// Finds (or builds) the static agent runner and the static busybox.
+/// Finds the static agent runner and the static busybox.
 ///
-/// The runner is `$TALON_AGENT_RUNNER` if set, otherwise it is built from
-/// this checkout with cargo (its progress goes to stderr). Busybox is
-/// `$TALON_BUSYBOX` or `/bin/busybox`. Both must be statically linked.
-/// This blocks (it may run cargo): call it off the async runtime.
+/// The runner is `$TALON_AGENT_RUNNER` if set, otherwise the one built into
+/// talon. Busybox is `$TALON_BUSYBOX` or `/bin/busybox`. Both must be
+/// statically linked. Reads files: call it off the async runtime.
 pub fn locate_sources() -> Result<ImageSources, ImageError> {
     let runner = locate_runner()?;
     let busybox = locate_busybox()?;
     Ok(ImageSources { runner, busybox })
 }
 
-/// The static agent runner: `$TALON_AGENT_RUNNER`, or built from this
-/// checkout with cargo. Blocks (it may run cargo).
-pub(crate) fn locate_runner() -> Result<PathBuf, ImageError> {
-    let runner = match std::env::var_os(RUNNER_ENV).filter(|v| !v.is_empty()) {
-        Some(path) => {
-            let path = PathBuf::from(path);
-            if !path.is_file() {
-                return Err(ImageError::RunnerMissing { path });
-            }
-            path
-        }
-        None => build_runner(Path::new(env!("CARGO_MANIFEST_DIR")))?,
+/// The static agent runner: `$TALON_AGENT_RUNNER` (checked to be a static
+/// ELF), else the embedded one.
+pub(crate) fn locate_runner() -> Result<RunnerBinary, ImageError> {
+    let Some(path) = std::env::var_os(RUNNER_ENV).filter(|v| !v.is_empty()) else {
+        return Ok(RunnerBinary::Embedded);
     };
-    check_static(&runner, "the agent runner", RUNNER_FIX)?;
-    Ok(runner)
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        return Err(ImageError::RunnerMissing { path });
+    }
+    check_static(&path, "the agent runner", RUNNER_FIX)?;
+    Ok(RunnerBinary::File(path))
 }
 
 /// The static busybox: `$TALON_BUSYBOX` or `/bin/busybox`.
@@ -253,50 +247,6 @@ pub(crate) fn locate_busybox() -> Result<PathBuf, ImageError> {
     }
     check_static(&busybox, "busybox", BUSYBOX_FIX)?;
     Ok(busybox)
-}
-
-/// Builds the runner with cargo in the workspace at `root` and returns the binary.
-fn build_runner(root: &Path) -> Result<PathBuf, ImageError> {
-    let manifest = root.join("container/agent-runner/Cargo.toml");
-    if !manifest.is_file() {
-        return Err(ImageError::RunnerSourcesMissing { path: manifest });
-    }
-    // Under `cargo test` this is the very cargo running us; otherwise PATH's.
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let target_dir = root.join("target");
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "talon-agent-runner",
-            "--target",
-            RUNNER_TARGET,
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(root)
-        .env("RUSTFLAGS", RUNNER_RUSTFLAGS)
-        // Would take precedence over RUSTFLAGS when inherited from an outer cargo.
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .status()
-        .map_err(|source| ImageError::CargoMissing { source })?;
-    if !status.success() {
-        return Err(ImageError::RunnerBuildFailed {
-            status: status.to_string(),
-        });
-    }
-    let binary = target_dir
-        .join(RUNNER_TARGET)
-        .join("release")
-        .join("agent-runner");
-    if !binary.is_file() {
-        return Err(ImageError::RunnerMissing { path: binary });
-    }
-    Ok(binary)
 }
 
 /// What [`elf_interpreter`] found wrong with a file.
@@ -412,7 +362,7 @@ enum Entry {
 /// Assembles the build context: the Dockerfile and the `rootfs/` tree.
 /// Blocks on file reads: call it off the async runtime.
 pub fn build_context(sources: &ImageSources) -> Result<BuildContext, ImageError> {
-    let runner = read_file(&sources.runner)?;
+    let runner = sources.runner.bytes()?.into_owned();
     let busybox = read_file(&sources.busybox)?;
     let tar = context_tar(runner, busybox).map_err(|source| ImageError::Context { source })?;
     let hash = hex(&Sha256::digest(&tar));
@@ -624,7 +574,7 @@ pub async fn image_hash(docker: &Docker, tag: &str) -> Result<Option<String>, Im
 }
 
 /// Locates the sources and assembles the context off the async runtime
-/// (it may run cargo and reads megabytes).
+/// (it reads megabytes).
 async fn prepare_context() -> Result<BuildContext, ImageError> {
     tokio::task::spawn_blocking(|| build_context(&locate_sources()?))
         .await
@@ -634,9 +584,9 @@ async fn prepare_context() -> Result<BuildContext, ImageError> {
 /// Builds when the image is missing, or (when `rebuild_if_stale`) when its
 /// context hash differs from the current sources. Returns whether it built.
 ///
-/// An existing image is kept when the sources cannot be found (e.g. talon
-/// installed without its checkout): that is reported through `progress`,
-/// since a usable image beats a failed start.
+/// An existing image is kept when busybox has gone since it was built:
+/// that is reported through `progress`, since a usable image beats a
+/// failed start.
 pub async fn ensure_image(
     docker: &Docker,
     tag: &str,
@@ -654,11 +604,9 @@ pub async fn ensure_image(
                 ));
                 ctx
             }
-            // No sources to check against (an installed talon without its
-            // checkout or cargo): the image at hand is the best there is.
-            Err(
-                error @ (ImageError::CargoMissing { .. } | ImageError::RunnerSourcesMissing { .. }),
-            ) => {
+            // No busybox to check against (removed since the image was
+            // built): the image at hand is the best there is.
+            Err(error @ ImageError::BusyboxMissing { .. }) => {
                 progress(&format!(
                     "cannot check whether image {tag} is current ({error}); using it as is"
                 ));
@@ -702,6 +650,26 @@ pub(crate) async fn remove_replaced(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What build.rs embedded is the runner, statically linked, and it is
+    /// what an image gets when no override is named.
+    #[test]
+    fn the_embedded_runner_is_a_static_executable() {
+        assert!(
+            EMBEDDED_RUNNER.len() > 100_000,
+            "{} bytes",
+            EMBEDDED_RUNNER.len()
+        );
+        assert_eq!(elf_interpreter(EMBEDDED_RUNNER), Ok(None));
+        let bytes = RunnerBinary::Embedded.bytes().unwrap();
+        assert_eq!(bytes.as_ptr(), EMBEDDED_RUNNER.as_ptr());
+    }
+
+    #[test]
+    fn a_named_runner_that_is_missing_is_reported() {
+        let missing = RunnerBinary::File(PathBuf::from("/nonexistent/agent-runner"));
+        assert!(matches!(missing.bytes(), Err(ImageError::Read { .. })));
+    }
 
     /// A minimal 64-bit little-endian ELF with the given program header
     /// types; a PT_INTERP entry points at "/lib/ld.so\0".
@@ -887,7 +855,7 @@ mod tests {
         std::fs::write(&runner, b"runner v1").unwrap();
         std::fs::write(&busybox, b"busybox").unwrap();
         let sources = ImageSources {
-            runner: runner.clone(),
+            runner: RunnerBinary::File(runner.clone()),
             busybox,
         };
         let first = build_context(&sources).unwrap();

@@ -43,7 +43,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the HTTP client every provider uses: one timeout per attempt.
 pub(super) fn client(request_timeout: Duration) -> Result<reqwest::Client, ModelFailure> {
-    reqwest::Client::builder()
+    crate::tls::http_client()
         .timeout(request_timeout)
         .connect_timeout(CONNECT_TIMEOUT.min(request_timeout))
         .user_agent(concat!("talon/", env!("CARGO_PKG_VERSION")))

@@ -373,7 +373,7 @@ impl MessagesProxy {
         // A stream may run for minutes: the timeout is per read, not total.
         // Never follow a redirect: reqwest would carry `x-api-key` along
         // to whatever host it names.
-        let client = reqwest::Client::builder()
+        let client = crate::tls::http_client()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10).min(config.request_timeout))
             .read_timeout(config.request_timeout)

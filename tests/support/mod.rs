@@ -53,9 +53,8 @@ pub fn build_lock() -> File {
     file
 }
 
-/// The engine with the test image built from the current sources (checked
-/// once per test binary: each check runs cargo, which waits for any other
-/// cargo using the target directory).
+/// The engine with the test image built from the current sources (the
+/// runner built into this talon, and busybox), checked once per test binary.
 pub async fn docker_with_image() -> Option<Docker> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static ENSURED: AtomicBool = AtomicBool::new(false);
@@ -212,9 +211,14 @@ pub fn talon(env: &[(String, String)]) -> Command {
 
 /// Runs `talon chat` with `input` on a pipe; gives up after `limit`.
 pub fn piped_chat(env: &[(String, String)], input: &[u8], limit: Duration) -> Output {
+    piped(talon(env).arg("chat"), input, limit)
+}
+
+/// Runs `command` with `input` on its stdin (then closed), killed after
+/// `limit`; its output.
+pub fn piped(command: &mut Command, input: &[u8], limit: Duration) -> Output {
     use std::io::Write;
-    let mut child = talon(env)
-        .arg("chat")
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
