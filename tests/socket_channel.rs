@@ -131,12 +131,22 @@ async fn socket_clients_get_replies_and_what_they_missed() {
     // The same id again is recognised: no second answer.
     assert!(first.send("sock:a", "1", "hello").await);
     drop(first);
+    // The first reply's ack lands (the reader takes it to the store on its
+    // own time), so the only row owed below is the slow one.
+    let store = talon::store::Store::open(&paths.db()).unwrap();
+    wait_until("the first reply's ack to mark it sent", LIMIT, || {
+        !store
+            .unsent_outbox()
+            .unwrap()
+            .iter()
+            .any(|row| row.chat_id == "sock:a")
+    })
+    .await;
 
     // A second client sends, then hangs up before the (slow) reply exists.
     let mut second = connect(&socket, LIMIT).await;
     assert!(second.send("sock:a", "2", "slow one").await);
     drop(second);
-    let store = talon::store::Store::open(&paths.db()).unwrap();
     wait_until("the reply to wait in the outbox", LIMIT, || {
         store
             .unsent_outbox()
