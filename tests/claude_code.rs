@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::fake_anthropic::{FakeAnthropic, RecordedRequest, Reply};
-use support::inproc::{self, ONE_HOST};
+use support::inproc::{self, say, ONE_HOST};
 use support::*;
-use talon::actors::router::RouterMsg;
 use talon::actors::terminal::{TerminalOutput, TERMINAL_CHAT};
 
 const API_KEY: &str = "sk-ant-test-key";
@@ -116,12 +115,6 @@ fn count_rounds(body: &Value) -> usize {
         })
         .filter(|m| m["role"] == "user")
         .count()
-}
-
-fn say(chat: &str, id: &str, text: &str) {
-    inproc::router()
-        .cast(RouterMsg::Inbound(inproc::message(chat, id, text)))
-        .expect("the router takes the message");
 }
 
 async fn reply_text(host: &mut inproc::TestHost) -> String {

@@ -458,13 +458,7 @@ async fn a_run_that_spent_half_its_budget_is_replaced_at_the_end_of_a_turn() {
     )
     .await;
     for i in 1..=7 {
-        router()
-            .cast(talon::actors::router::RouterMsg::Inbound(message(
-                TERMINAL_CHAT,
-                &format!("m{i}"),
-                &format!("question {i}"),
-            )))
-            .unwrap();
+        say(TERMINAL_CHAT, &format!("m{i}"), &format!("question {i}"));
         assert_eq!(
             host.next_reply().await,
             TerminalOutput::Reply(format!("reply to: question {i}")),

@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::fake_anthropic::{FakeAnthropic, Reply};
-use support::inproc::{self, ONE_HOST};
+use support::inproc::{self, say, ONE_HOST};
 use support::*;
-use talon::actors::router::RouterMsg;
 use talon::actors::terminal::{TerminalOutput, TERMINAL_CHAT};
 
 /// Test image whose PID 1 runs `/workspace/group/evil.sh` when a group's
@@ -75,12 +74,6 @@ fn groups() -> Vec<talon::messages::RegisteredGroup> {
         inproc::group("sock:boss", "boss", true, false),
         inproc::group(TERMINAL_CHAT, "local", false, false),
     ]
-}
-
-fn say(chat: &str, id: &str, text: &str) {
-    inproc::router()
-        .cast(RouterMsg::Inbound(inproc::message(chat, id, text)))
-        .expect("the router takes the message");
 }
 
 async fn reply_text(host: &mut inproc::TestHost) -> String {

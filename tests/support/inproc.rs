@@ -123,6 +123,15 @@ pub fn router() -> ActorRef<RouterMsg> {
         .into()
 }
 
+/// Hands the router a message from Ann in `chat`, as a channel would.
+pub fn say(chat: &str, id: &str, text: &str) {
+    router()
+        .cast(talon::actors::router::RouterMsg::Inbound(message(
+            chat, id, text,
+        )))
+        .expect("the router takes the message");
+}
+
 pub fn message(chat: &str, id: &str, text: &str) -> InboundMessage {
     InboundMessage {
         chat_id: chat.into(),
