@@ -10,6 +10,9 @@
 //!   the bench).
 //! * `SOAK_PLATFORMS=1` also connects the fake Slack and Discord and gives
 //!   each one group in the same rotation.
+//! * `SOAK_IDLE_SECS` (default 3): how long the started daemon idles, with
+//!   its clients connected, before the traffic (its start-up code is paged
+//!   out at once and again a minute in: 70 s sees both).
 //! * `SOAK_SLOTS` is `max_concurrent_containers` (default: one per group,
 //!   so every container stays warm; fewer makes containers come and go).
 //! * Every second: the daemon's VmRSS, RssAnon and RssFile (from
@@ -20,8 +23,9 @@
 //!
 //! Run: `cargo bench --bench soak` (e.g. `SOAK_SECS=20 cargo bench --bench
 //! soak`). Needs the Docker engine; the test image is built as for the tests.
-//! The fake model keeps every request it gets, so a very long soak grows the
-//! bench process itself (not the daemon measured).
+//! A table per minute follows: RSS, fds and the largest model request, whose
+//! size is the conversations' (each request carries its group's transcript,
+//! compacted by the runner past its budget).
 
 mod common;
 #[path = "../tests/support/fake_discord.rs"]
@@ -53,8 +57,23 @@ use tokio::sync::mpsc;
 const START_LIMIT: Duration = Duration::from_secs(120);
 /// How long replies may still come after the traffic stops.
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
-/// Sampled before the traffic starts.
-const IDLE_SECS: u64 = 3;
+
+/// Where the samples' and the request sizes' clocks start.
+static T0: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// The largest model request body (bytes) seen in each minute since [`T0`]:
+/// what the daemon holds per call grows with the conversations.
+static LARGEST_REQUEST: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+fn note_request(body: &Value) {
+    let size = serde_json::to_vec(body).map_or(0, |b| b.len());
+    let minute = (T0.elapsed().as_secs() / 60) as usize;
+    let mut largest = LARGEST_REQUEST.lock().unwrap();
+    if largest.len() <= minute {
+        largest.resize(minute + 1, 0);
+    }
+    largest[minute] = largest[minute].max(size);
+}
 
 /// A message id: `msg-<group>-<n>`; the model's answer lists them.
 static ID: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"msg-\d+-\d+").unwrap());
@@ -65,6 +84,8 @@ struct Settings {
     rate: f64,
     platforms: bool,
     slots: Option<usize>,
+    /// Idle time sampled before the traffic starts.
+    idle_secs: u64,
 }
 
 impl Settings {
@@ -82,6 +103,7 @@ impl Settings {
             slots: std::env::var("SOAK_SLOTS")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            idle_secs: env_count("SOAK_IDLE_SECS", 3) as u64,
         }
     }
 }
@@ -134,7 +156,7 @@ fn fds_of(pid: u32) -> Option<u64> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
 
-/// Samples `pid` every second, tagged with the phase at the time, until
+/// Samples `pid` every second (from [`T0`]), tagged with the phase at the time, until
 /// `stop` is set.
 fn sampler(
     pid: u32,
@@ -142,7 +164,7 @@ fn sampler(
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<Sample>> {
     std::thread::spawn(move || {
-        let started = Instant::now();
+        let started = *T0;
         let mut samples = Vec::new();
         let mut next = started;
         while !stop.load(Ordering::SeqCst) {
@@ -360,12 +382,15 @@ async fn soak(settings: Settings) {
         return;
     };
     drop(docker);
+    LazyLock::force(&T0);
     let model = FakeAnthropic::start_with(|body| {
+        note_request(body);
         let text = last_user_text(body);
         let ids: Vec<&str> = ID.find_iter(&text).map(|m| m.as_str()).collect();
         Reply::text(format!("ack {}", ids.join(" ")))
     })
     .await;
+    model.stop_recording();
 
     let home = Home::new();
     let paths = home.paths();
@@ -489,7 +514,7 @@ async fn soak(settings: Settings) {
     );
 
     // Idle: the daemon started, clients connected, nothing sent yet.
-    tokio::time::sleep(Duration::from_secs(IDLE_SECS)).await;
+    tokio::time::sleep(Duration::from_secs(settings.idle_secs)).await;
     *phase.lock().unwrap() = Phase::Traffic;
 
     let traffic_started = Instant::now();
@@ -604,6 +629,24 @@ async fn soak(settings: Settings) {
     println!(
         "  fds      start {start:7.0}     peak {peak:7.0}     end {end:7.0}     slope {per_min:+7.2} /min"
     );
+    println!("per minute: RSS / RssAnon at its end (MB), fds, largest model request (KB)");
+    let largest = LARGEST_REQUEST.lock().unwrap().clone();
+    for (minute, request) in largest.iter().enumerate() {
+        let end = samples
+            .iter()
+            .take_while(|s| s.at < (minute + 1) as f64 * 60.0)
+            .last();
+        if let Some(s) = end {
+            println!(
+                "  {:3}  {:6.1} / {:6.1}  {:4}  {:7.1}",
+                minute + 1,
+                mb(s.rss_kb),
+                mb(s.anon_kb),
+                s.fds,
+                *request as f64 / 1024.0
+            );
+        }
+    }
     if let Some(last) = samples.last() {
         println!(
             "after the drain: RSS {:.1} MB, {} fds",

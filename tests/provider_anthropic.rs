@@ -259,6 +259,14 @@ async fn a_429_is_retried_after_the_servers_retry_after_not_the_backoff() {
         .expect("success after one retry");
     assert_eq!(text_of(&reply.content), ["echo: hi"]);
     assert_eq!(fake.request_count(), 2);
+    // The body is encoded once; the retry sends the same request whole.
+    let requests = fake.requests();
+    assert!(
+        requests[1].body["model"].is_string(),
+        "{:?}",
+        requests[1].body
+    );
+    assert_eq!(requests[0].body, requests[1].body);
 }
 
 #[tokio::test]

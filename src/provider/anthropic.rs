@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
@@ -88,14 +89,18 @@ impl AnthropicProvider {
         &self,
         request: ModelRequest,
     ) -> Result<ModelReply, ModelFailure> {
-        let messages = object_inputs(&request.messages);
-        let body = MessagesBody {
-            model: &self.config.model,
-            max_tokens: request.max_tokens,
-            system: &request.system,
-            messages: &messages,
-            tools: &request.tools,
+        let body = {
+            let messages = object_inputs(&request.messages);
+            http::json_body(&MessagesBody {
+                model: &self.config.model,
+                max_tokens: request.max_tokens,
+                system: &request.system,
+                messages: &messages,
+                tools: &request.tools,
+            })?
         };
+        // Only the bytes are kept for the call and its retries.
+        drop(request);
         let source = &self.config.credential;
         let credential = source.current().await.ok_or_else(no_credential)?;
         let failure = match self.call(&body, &credential).await {
@@ -123,7 +128,7 @@ impl AnthropicProvider {
     /// One call (with its retries) under one credential.
     async fn call(
         &self,
-        body: &MessagesBody<'_>,
+        body: &Bytes,
         credential: &Credential,
     ) -> Result<ModelReply, ModelFailure> {
         let headers = request_headers(credential)?;

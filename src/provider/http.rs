@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use backon::Retryable;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -148,18 +149,34 @@ where
     })
 }
 
+/// A request body serialised once. A call carries its group's whole
+/// transcript (hundreds of KB), so the typed request is dropped once this
+/// exists and every retry sends the same bytes (a `Bytes` clone is a count).
+pub(super) fn json_body<B: Serialize + ?Sized>(body: &B) -> Result<Bytes, ModelFailure> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| ModelFailure {
+            kind: ErrorKind::Permanent,
+            message: format!("the model request could not be encoded: {e}"),
+        })
+}
+
 /// One HTTP round trip, classified. `parse` reads a success body.
-pub(super) async fn attempt<B: Serialize + ?Sized>(
+pub(super) async fn attempt(
     client: &reqwest::Client,
     url: &reqwest::Url,
     headers: &HeaderMap,
-    body: &B,
+    body: &Bytes,
     parse: fn(&[u8]) -> Result<ModelReply, serde_json::Error>,
 ) -> Result<ModelReply, AttemptFailure> {
+    let mut headers = headers.clone();
+    headers
+        .entry(CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("application/json"));
     let response = client
         .post(url.clone())
-        .headers(headers.clone())
-        .json(body)
+        .headers(headers)
+        .body(body.clone())
         .send()
         .await
         .map_err(AttemptFailure::transport)?;

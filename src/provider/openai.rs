@@ -102,7 +102,9 @@ impl OpenAiProvider {
         &self,
         request: ModelRequest,
     ) -> Result<ModelReply, ModelFailure> {
-        let body = request_body(&self.config.model, &request);
+        // Only the bytes are kept for the call and its retries.
+        let body = http::json_body(&request_body(&self.config.model, &request))?;
+        drop(request);
         let context = CallContext {
             provider: "openai",
             model: &self.config.model,

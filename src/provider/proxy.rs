@@ -14,6 +14,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
@@ -437,7 +438,7 @@ impl MessagesProxy {
         &self,
         group: &str,
         request_id: u64,
-        request: ApiRequest,
+        mut request: ApiRequest,
         max_tokens_cap: u32,
         emit: &(dyn Fn(HostToRunner) + Send + Sync),
     ) -> ProxyOutcome {
@@ -457,8 +458,13 @@ impl MessagesProxy {
             );
             return self.refuse(group, request_id, &path, 413, reason, started, emit);
         }
-        let (body, model) = match prepare_body(&request.body, max_tokens_cap) {
-            Ok(prepared) => prepared,
+        let prepared = prepare_body(&request.body, max_tokens_cap);
+        // Claude Code sends its whole transcript each call (up to the 6 MB
+        // cap): only the prepared bytes are kept, and every attempt sends
+        // them without a copy.
+        request.body = String::new();
+        let (body, model) = match prepared {
+            Ok((body, model)) => (Bytes::from(body), model),
             Err(reason) => {
                 return self.refuse(group, request_id, &path, 400, reason, started, emit)
             }

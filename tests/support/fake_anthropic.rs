@@ -16,7 +16,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -138,6 +138,8 @@ struct Shared {
     script: Mutex<VecDeque<Reply>>,
     fallback: Box<Responder>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Off for a long soak: every request would be kept.
+    recording: AtomicBool,
     next_message_id: AtomicU64,
 }
 
@@ -177,6 +179,7 @@ impl FakeAnthropic {
             script: Mutex::new(VecDeque::new()),
             fallback: Box::new(responder),
             requests: Mutex::new(Vec::new()),
+            recording: AtomicBool::new(true),
             next_message_id: AtomicU64::new(1),
         });
         let listener = tokio::net::TcpListener::bind(address)
@@ -202,6 +205,12 @@ impl FakeAnthropic {
     /// Appends a reply to the script.
     pub fn push(&self, reply: Reply) {
         lock(&self.shared.script).push_back(reply);
+    }
+
+    /// Stops keeping requests (a long soak's would fill the memory); the
+    /// responder still sees each one.
+    pub fn stop_recording(&self) {
+        self.shared.recording.store(false, Ordering::Relaxed);
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
@@ -277,12 +286,14 @@ async fn handle(
             )
         })
         .collect();
-    lock(&shared.requests).push(RecordedRequest {
-        method: method.to_string(),
-        path: uri.path().to_string(),
-        headers: recorded_headers,
-        body: json_body.clone().unwrap_or(Value::Null),
-    });
+    if shared.recording.load(Ordering::Relaxed) {
+        lock(&shared.requests).push(RecordedRequest {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+            headers: recorded_headers,
+            body: json_body.clone().unwrap_or(Value::Null),
+        });
+    }
 
     if uri.path() == "/v1/messages/count_tokens" && method == Method::POST {
         let tokens = rough_tokens(&String::from_utf8_lossy(&body));
