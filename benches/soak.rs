@@ -387,7 +387,15 @@ async fn soak(settings: Settings) {
         note_request(body);
         let text = last_user_text(body);
         let ids: Vec<&str> = ID.find_iter(&text).map(|m| m.as_str()).collect();
-        Reply::text(format!("ack {}", ids.join(" ")))
+        let mut reply = format!("ack {}", ids.join(" "));
+        // A real model stops at max_tokens (about 4 chars a token): the
+        // runner's compaction summary, which names every id of the
+        // transcript, stays as bounded as a real one.
+        let cap = body["max_tokens"].as_u64().unwrap_or(4096) as usize * 4;
+        if let Some((cut, _)) = reply.char_indices().nth(cap) {
+            reply.truncate(cut);
+        }
+        Reply::text(reply)
     })
     .await;
     model.stop_recording();
