@@ -156,8 +156,8 @@ fn fds_of(pid: u32) -> Option<u64> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
 
-/// Samples `pid` every second (from [`T0`]), tagged with the phase at the time, until
-/// `stop` is set.
+/// Samples `pid` every second (from [`T0`]), tagged with the phase at the
+/// time, until `stop` is set.
 fn sampler(
     pid: u32,
     phase: Arc<Mutex<Phase>>,

@@ -66,6 +66,7 @@ async fn a_text_reply_is_mapped_and_the_request_has_the_chat_completions_shape()
     let requests = fake.requests();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].path, "/v1/chat/completions");
+    assert_eq!(requests[0].header("content-type"), Some("application/json"));
     assert_eq!(
         requests[0].header("authorization"),
         Some(&*format!("Bearer {KEY}"))

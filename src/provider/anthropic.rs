@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use super::circuit::Circuit;
@@ -218,7 +218,6 @@ fn request_headers(credential: &Credential) -> Result<HeaderMap, ModelFailure> {
         HeaderName::from_static("anthropic-version"),
         HeaderValue::from_static(API_VERSION),
     );
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let (name, mut value) = match credential {
         Credential::ApiKey(key) => (
             HeaderName::from_static("x-api-key"),

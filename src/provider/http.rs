@@ -169,13 +169,11 @@ pub(super) async fn attempt(
     body: &Bytes,
     parse: fn(&[u8]) -> Result<ModelReply, serde_json::Error>,
 ) -> Result<ModelReply, AttemptFailure> {
-    let mut headers = headers.clone();
-    headers
-        .entry(CONTENT_TYPE)
-        .or_insert(HeaderValue::from_static("application/json"));
+    // The body is always `json_body`'s, so its type is set here, once.
     let response = client
         .post(url.clone())
-        .headers(headers)
+        .headers(headers.clone())
+        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .body(body.clone())
         .send()
         .await
